@@ -1,0 +1,99 @@
+"""HybridReasonerConfig: everything needed to rebuild a HybridReasoner, backbone pointer included."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+from .core import CoreConfig
+
+_LOSSES = ("stablemax", "softmax")
+
+
+def _as_dict(value: Any, name: str) -> dict | None:
+    """Accept a dataclass or a dict for a nested section and store it as a plain dict."""
+    if value is None or isinstance(value, dict):
+        return value
+    if is_dataclass(value):
+        return asdict(value)
+    raise TypeError(f"config.{name} must be a dict or a dataclass, got {type(value).__name__}")
+
+
+def _check_keys(section: dict, allowed: type, name: str) -> None:
+    """Reject unknown keys in a nested section, naming the key."""
+    known = {f.name for f in fields(allowed)}
+    for key in section:
+        if key not in known:
+            raise ValueError(f"unknown key {name}.{key}; known keys: {', '.join(sorted(known))}")
+
+
+class HybridReasonerConfig(PreTrainedConfig):
+    """Configuration of a HybridReasoner (model_type ``hybrid_reason``).
+
+    Sections:
+        backbone: the frozen LM pointer (``BackboneSpec`` fields: name or path, revision, hidden_layer,
+            quantization, LoRA, dtype). Its weights are never saved with the model.
+        core: the recursive core (``CoreConfig`` fields: d_model, heads, layers, mixer, n, T).
+        task: the task family and options the model was trained on (``{"name": "sort", ...}``).
+    Top level: the answer vocabulary and slot count, context/puzzle-ID prefixes, halting (N_sup)
+    and loss settings, and the backbone's recorded hidden size and tokenizer fingerprint, which are
+    checked when the backbone is loaded again.
+    """
+
+    model_type = "hybrid_reason"
+
+    backbone: dict | None = None
+    core: dict | None = None
+    task: dict | None = None
+    answer_vocab_size: int = 12
+    num_slots: int = 900
+    num_context_slots: int = 0  # K resampler queries over all prompt tokens (0 = off)
+    num_puzzle_ids: int = 0  # TRM's per-task ID embedding rows (0 = off)
+    puzzle_prefix_len: int = 16  # prefix slots reserved for the ID embedding (TRM: 16)
+    halt_max_steps: int = 16  # N_sup
+    halt_exploration_prob: float = 0.1
+    loss: str = "stablemax"
+    halt_loss_weight: float = 0.5
+    backbone_hidden_size: int | None = None
+    backbone_tokenizer: str | None = None
+
+    def __post_init__(self, **kwargs):
+        from .backbone import BackboneSpec  # heavy module: imported only when a config is built
+
+        self.backbone = _as_dict(self.backbone, "backbone") or asdict(BackboneSpec())
+        self.core = _as_dict(self.core, "core") or asdict(CoreConfig())
+        self.task = _as_dict(self.task, "task")
+        _check_keys(self.backbone, BackboneSpec, "backbone")
+        _check_keys(self.core, CoreConfig, "core")
+        CoreConfig(**self.core)  # validates values
+        if self.loss not in _LOSSES:
+            raise ValueError(f"config.loss must be one of {_LOSSES}, got {self.loss!r}")
+        if self.num_context_slots and self.num_puzzle_ids:
+            raise ValueError("config: use either num_context_slots (in-context) or num_puzzle_ids (TRM's ID), not both")
+        super().__post_init__(**kwargs)
+
+    @property
+    def core_config(self) -> CoreConfig:
+        """The core section as a typed CoreConfig."""
+        return CoreConfig(**self.core)
+
+    @property
+    def backbone_spec(self):
+        """The backbone section as a typed BackboneSpec."""
+        from .backbone import BackboneSpec
+
+        return BackboneSpec(**self.backbone)
+
+    @property
+    def num_prefix(self) -> int:
+        """Slots before the answer slots: K context slots, the puzzle-ID prefix, or none."""
+        if self.num_context_slots:
+            return self.num_context_slots
+        return self.puzzle_prefix_len if self.num_puzzle_ids else 0
+
+    @property
+    def seq_len(self) -> int:
+        """Length of the core's sequence: prefix slots + answer slots."""
+        return self.num_prefix + self.num_slots

@@ -1,0 +1,231 @@
+"""HybridReasoner: a frozen LM's slot features -> adapter -> recursive core -> answer and halt heads.
+
+The frozen backbone is *not* a submodule: its weights are never saved, trained, moved by DDP or
+switched to train mode. The model keeps a pointer to it in ``config.backbone`` and loads it on
+first use (``model.backbone``), so ``from_pretrained`` rebuilds it from the pointer. Only the
+trainable parts (adapter, resampler or puzzle-ID table, core, heads) live in the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbone import Backbone, Encoded
+from .configuration import HybridReasonerConfig
+from .core import Carry, RecursiveCore, init_module_, rms_norm, trunc_normal_
+from .losses import deep_supervision_loss
+
+LORA_FOLDER = "backbone_lora"
+
+
+@dataclass
+class HybridReasonerOutput(ModelOutput):
+    """One supervision step's result.
+
+    loss: mean over the batch of [CE + halt_weight * halt BCE] (when labels were given).
+    logits: [B, S, V] answer logits per slot. halt_logits: [B] (> 0 means halt).
+    carry: the detached (y, z) to pass to the next step. encoded: the backbone features used.
+    exact: [B] whole-answer correctness (when labels were given).
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    halt_logits: Tensor | None = None
+    carry: Carry | None = None
+    encoded: Encoded | None = None
+    exact: Tensor | None = None
+
+
+class Adapter(nn.Module):
+    """Slot features [B, S, d_llm] -> core inputs [B, S, d]: Linear of the RMS-normalised feature,
+    a learned embedding in place of empty slots, plus a learned slot position embedding."""
+
+    def __init__(self, d_llm: int, d: int, num_slots: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.proj = nn.Linear(d_llm, d, bias=False)
+        self.empty = nn.Parameter(torch.empty(d))
+        self.position = nn.Parameter(torch.empty(num_slots, d))
+
+    def forward(self, features: Tensor, empty: Tensor) -> Tensor:
+        x = self.proj(rms_norm(features.to(self.proj.weight.dtype), self.eps))
+        x = torch.where(empty.unsqueeze(-1), self.empty.to(x.dtype), x)
+        return x + self.position.to(x.dtype)
+
+
+class Resampler(nn.Module):
+    """K learned queries attend over all prompt-token states and become K prefix slots. They carry
+    the task's demonstrations to the core in place of TRM's per-task ID embedding."""
+
+    def __init__(self, d_llm: int, d: int, num_queries: int, num_heads: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.queries = nn.Parameter(torch.empty(num_queries, d))
+        self.attn = nn.MultiheadAttention(d, num_heads, kdim=d_llm, vdim=d_llm, batch_first=True)
+
+    def forward(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        kv = rms_norm(tokens.to(self.queries.dtype), self.eps)
+        q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        out, _ = self.attn(q, kv, kv, key_padding_mask=~token_mask, need_weights=False)
+        return rms_norm(q + out, self.eps)
+
+
+class HybridReasoner(PreTrainedModel):
+    """A TRM recursive core reasoning over a frozen LLM's hidden states (see module docstring)."""
+
+    config_class = HybridReasonerConfig
+    base_model_prefix = "hybrid_reason"
+    main_input_name = "texts"
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: HybridReasonerConfig, backbone: Backbone | None = None):
+        super().__init__(config)
+        self.__dict__["_backbone"] = None  # kept out of the module tree on purpose
+        if backbone is not None:
+            self.attach_backbone(backbone)
+        elif config.backbone_hidden_size is None:
+            self.attach_backbone(Backbone.load(config.backbone_spec))
+        core_cfg = config.core_config
+        d, d_llm = core_cfg.d_model, config.backbone_hidden_size
+        self.adapter = Adapter(d_llm, d, config.num_slots, core_cfg.norm_eps)
+        self.resampler = None
+        if config.num_context_slots:
+            self.resampler = Resampler(d_llm, d, config.num_context_slots, core_cfg.num_heads, core_cfg.norm_eps)
+        self.puzzle_emb = nn.Embedding(config.num_puzzle_ids, d) if config.num_puzzle_ids else None
+        self.core = RecursiveCore(core_cfg, config.seq_len)
+        self.answer_head = nn.Linear(d, config.answer_vocab_size, bias=False)
+        self.halt_head = nn.Linear(d, 1)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """TRM's initialisation: truncated LeCun Linear layers, halt head 0 / -5, zero ID table."""
+        if module is self.halt_head:
+            for p, value in ((module.weight, 0.0), (module.bias, -5.0)):
+                if not getattr(p, "_is_hf_initialized", False):
+                    p.fill_(value)
+            return
+        init_module_(module)
+        d = self.config.core_config.d_model
+        if isinstance(module, Adapter):
+            trunc_normal_(module.empty, 1.0)
+            trunc_normal_(module.position, 1.0 / math.sqrt(d))
+        elif isinstance(module, Resampler):
+            trunc_normal_(module.queries, 1.0)
+        elif isinstance(module, nn.Embedding) and not getattr(module.weight, "_is_hf_initialized", False):
+            module.weight.zero_()  # TRM's puzzle-ID table starts at zero
+
+    # ---------------------------------------------------------------- backbone
+    @property
+    def backbone(self) -> Backbone:
+        """The frozen backbone, loaded from ``config.backbone`` on first use (with its LoRA, if saved)."""
+        if self._backbone is None:
+            lora_dir = os.path.join(self.name_or_path or "", LORA_FOLDER)
+            spec = self.config.backbone_spec
+            self.attach_backbone(Backbone.load(spec, lora_path=lora_dir if os.path.isdir(lora_dir) else None))
+        return self._backbone
+
+    def attach_backbone(self, backbone: Backbone) -> None:
+        """Use ``backbone``; record its shape, or check it matches the one this model was trained on."""
+        cfg = self.config
+        if cfg.backbone_hidden_size not in (None, backbone.hidden_size):
+            raise ValueError(
+                f"backbone {backbone.identity!r} has hidden size {backbone.hidden_size}, but this model was "
+                f"trained on one of hidden size {cfg.backbone_hidden_size} (config.backbone_hidden_size)"
+            )
+        if cfg.backbone_tokenizer not in (None, backbone.tokenizer_fingerprint):
+            raise ValueError(
+                f"backbone {backbone.identity!r} has tokenizer {backbone.tokenizer_fingerprint}, but this model was "
+                f"trained with tokenizer {cfg.backbone_tokenizer} (config.backbone_tokenizer)"
+            )
+        cfg.backbone_hidden_size = backbone.hidden_size
+        cfg.backbone_tokenizer = backbone.tokenizer_fingerprint
+        self.__dict__["_backbone"] = backbone
+
+    def encode(self, texts: list[str], slot_spans: list, names: list[str] | None = None) -> Encoded:
+        """Run the backbone on texts and pool slot features, on this model's device."""
+        device = self.answer_head.weight.device
+        backbone = self.backbone
+        if backbone.device != device:
+            backbone.to(device)
+        encoded = backbone.encode(texts, slot_spans, with_tokens=self.resampler is not None, names=names)
+        return encoded.to(device)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save config + trainable weights; with LoRA on the backbone, its adapter goes to a subfolder."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self._backbone is not None and self._backbone.has_lora:
+            self._backbone.save_lora(os.path.join(save_directory, LORA_FOLDER))
+
+    # ---------------------------------------------------------------- forward
+    def embed(self, encoded: Encoded, puzzle_ids: Tensor | None = None) -> Tensor:
+        """Core input x [B, prefix + S, d]: optional prefix (context slots or puzzle ID), then slots."""
+        x = self.adapter(encoded.features, encoded.empty)
+        if self.resampler is not None:
+            if encoded.tokens is None:
+                raise ValueError("this model reads context slots: encode with with_tokens=True")
+            x = torch.cat([self.resampler(encoded.tokens, encoded.token_mask).to(x.dtype), x], dim=1)
+        elif self.puzzle_emb is not None:
+            if puzzle_ids is None:
+                raise ValueError("this model has a puzzle-ID embedding (num_puzzle_ids > 0): pass puzzle_ids")
+            prefix = x.new_zeros(x.shape[0], self.config.puzzle_prefix_len, x.shape[-1])
+            prefix[:, 0] = self.puzzle_emb(puzzle_ids).to(x.dtype)
+            x = torch.cat([prefix, x], dim=1)
+        return x
+
+    def initial_carry(self, batch_size: int) -> Carry:
+        """The carry a fresh example starts from."""
+        return self.core.initial_carry(batch_size, self.config.seq_len)
+
+    def forward(
+        self,
+        texts: list[str] | None = None,
+        slot_spans: list | None = None,
+        encoded: Encoded | None = None,
+        labels: Tensor | None = None,
+        carry: Carry | None = None,
+        puzzle_ids: Tensor | None = None,
+        names: list[str] | None = None,
+    ) -> HybridReasonerOutput:
+        """One supervision step: (encode) -> embed -> deep recursion -> heads (-> loss).
+
+        Give either ``texts`` + ``slot_spans`` (the backbone encodes them) or ``encoded`` features.
+        ``carry`` defaults to the initial carry. ``labels`` [B, S] (-100 = ignored) adds the loss.
+        """
+        if encoded is None:
+            if texts is None or slot_spans is None:
+                raise ValueError("forward needs texts and slot_spans, or encoded features")
+            encoded = self.encode(texts, slot_spans, names)
+        x = self.embed(encoded, puzzle_ids)
+        if carry is None:
+            carry = self.initial_carry(x.shape[0])
+        carry, y = self.core.deep_recursion(x, Carry(carry.y.to(x.dtype), carry.z.to(x.dtype)))
+        logits = self.answer_head(y[:, self.config.num_prefix :])
+        halt_logits = self.halt_head(y[:, 0]).squeeze(-1)
+        loss = exact = None
+        if labels is not None:
+            total, parts = deep_supervision_loss(
+                logits, halt_logits, labels.to(logits.device), self.config.loss, self.config.halt_loss_weight
+            )
+            loss, exact = total / logits.shape[0], parts["exact"]
+        return HybridReasonerOutput(loss, logits, halt_logits, carry, encoded, exact)
+
+    @torch.no_grad()
+    def iterate(
+        self, encoded: Encoded, steps: int | None = None, puzzle_ids: Tensor | None = None
+    ) -> Iterator[HybridReasonerOutput]:
+        """Run ``steps`` supervision steps (default N_sup) from the initial carry, yielding each step's
+        output: evaluation runs them all, and accuracy against step is the test-time compute curve."""
+        carry = None
+        for _ in range(steps or self.config.halt_max_steps):
+            out = self.forward(encoded=encoded, carry=carry, puzzle_ids=puzzle_ids)
+            carry = out.carry
+            yield out
