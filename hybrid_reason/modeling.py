@@ -86,11 +86,11 @@ class HybridReasoner(PreTrainedModel):
     main_input_name = "texts"
     supports_gradient_checkpointing = False
 
-    def __init__(self, config: HybridReasonerConfig, backbone: Backbone | None = None):
+    def __init__(self, config: HybridReasonerConfig, backbone_model: Backbone | None = None):
         super().__init__(config)
         self.__dict__["_backbone"] = None  # kept out of the module tree on purpose
-        if backbone is not None:
-            self.attach_backbone(backbone)
+        if backbone_model is not None:  # (not `backbone=`: from_pretrained would read it as config.backbone)
+            self.attach_backbone(backbone_model)
         elif config.backbone_hidden_size is None:
             self.attach_backbone(Backbone.load(config.backbone_spec))
         core_cfg = config.core_config
