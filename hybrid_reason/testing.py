@@ -18,6 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModel, BertConfig, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast, Qwen2Config
 
+from .backbone import TOKENIZER_FOLDER
+
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ARCHS = ("qwen2", "llama", "bert")
 
@@ -44,7 +46,7 @@ def _tokenizer_json(vocab_size: int, seed: int) -> str:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     # Whitespace is its own pre-token, so merges join digits and letters but never "\n" with a digit.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(pattern=" ", behavior="isolated"), pre_tokenizers.Split(pattern="\n", behavior="isolated")]
+        [pre_tokenizers.Split(pattern=ws, behavior="isolated") for ws in (" ", "\n")]
     )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -56,7 +58,9 @@ def _tokenizer_json(vocab_size: int, seed: int) -> str:
     tok.train_from_iterator(_corpus(seed), trainer=trainer)
     tok.decoder = decoders.Fuse()  # tokens are raw text pieces: join them with no inserted spaces
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
     return tok.to_str()
 
 
@@ -77,7 +81,8 @@ def _config(arch: str, vocab_size: int, hidden_size: int, num_layers: int, max_p
     heads = max(1, hidden_size // 8)
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=heads, intermediate_size=2 * hidden_size, max_position_embeddings=max_positions)
-    ids = dict(pad_token_id=SPECIALS.index("<pad>"), bos_token_id=SPECIALS.index("<s>"), eos_token_id=SPECIALS.index("</s>"))
+    ids = dict(pad_token_id=SPECIALS.index("<pad>"), bos_token_id=SPECIALS.index("<s>"),
+               eos_token_id=SPECIALS.index("</s>"))
     if arch == "bert":
         return BertConfig(**common, pad_token_id=ids["pad_token_id"])
     kv = heads // 2 if heads % 2 == 0 else heads
@@ -89,8 +94,12 @@ def _config(arch: str, vocab_size: int, hidden_size: int, num_layers: int, max_p
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str) -> None:
-    """Save so that ``AutoTokenizer`` reloads it as a plain fast tokenizer, not as the config's model
-    family tokenizer (a Qwen2Tokenizer rebuilt from a foreign tokenizer.json silently drops "\\n")."""
+    """Save so that ``AutoTokenizer`` reloads it as a plain fast tokenizer.
+
+    Call it with a folder of its own (``<model>/tokenizer``, which ``Backbone.load`` looks for): next to
+    a Qwen2 config, AutoTokenizer rebuilds any tokenizer.json as a Qwen2Tokenizer, ignoring
+    ``tokenizer_class``, and that silently drops "\\n" from this vocabulary.
+    """
     tokenizer.save_pretrained(path)
     cfg_path = os.path.join(path, "tokenizer_config.json")
     with open(cfg_path) as f:
@@ -122,7 +131,7 @@ def tiny_backbone(
     torch.manual_seed(seed)
     model = AutoModel.from_config(config)
     model.save_pretrained(path)
-    save_tokenizer(tokenizer, path)
+    save_tokenizer(tokenizer, os.path.join(path, TOKENIZER_FOLDER))
     return path
 
 
