@@ -83,13 +83,13 @@ def bench_backbone(args: argparse.Namespace) -> None:
     from .backbone import Backbone, BackboneSpec
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    digits = "".join(str(i % 10) for i in range(args.width))
-    text = "\n".join(digits for _ in range(args.rows))
-    spans = [[(r * (args.width + 1) + c, r * (args.width + 1) + c + 1) for r in range(args.rows) for c in range(args.width)]]
-    texts, slot_spans = [text] * args.batch, spans * args.batch
+    rows = ["".join(str((r * 7 + c * 3) % 10) for c in range(args.width)) for r in range(args.rows + args.batch)]
+    texts = ["\n".join(rows[b : b + args.rows]) for b in range(args.batch)]  # distinct prompts
+    spans = [(r * (args.width + 1) + c, r * (args.width + 1) + c + 1) for r in range(args.rows) for c in range(args.width)]
+    slot_spans = [spans] * args.batch
     for layer in (args.layer, -1):
-        backbone = Backbone.load(BackboneSpec(name=args.backbone, hidden_layer=layer))
-        tokens = len(backbone.tokenizer(text)["input_ids"]) * args.batch
+        backbone = Backbone.load(BackboneSpec(name=args.backbone, hidden_layer=layer), cache=False)
+        tokens = sum(len(ids) for ids in backbone.tokenizer(texts)["input_ids"])
         times = time_calls(lambda: backbone.encode(texts, slot_spans), args.steps, args.warmup)
         med = statistics.median(times)
         print(
