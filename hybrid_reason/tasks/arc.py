@@ -91,7 +91,6 @@ class ArcTask(Task):
     require_test_outputs: bool = True
     exclude_arc1_eval: bool = False
     _tasks: tuple | None = field(default=None, init=False, repr=False, compare=False)
-    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.split_mode not in ("trm", "strict"):
@@ -118,16 +117,13 @@ class ArcTask(Task):
             self._tasks = (validate_all(training, True), validate_all(evaluation, self.require_test_outputs))
         return self._tasks
 
-    def load(self, split: str) -> Dataset:
+    def _build(self, split: str) -> Dataset:
         """Rows of ``split``: "train", "test", or "validation" (the same rows as "test")."""
-        if split not in self.splits:
-            raise ValueError(f"{self.name}: unknown split {split!r}; expected one of {self.splits}")
-        split = "test" if split == "validation" else split
-        if split not in self._datasets:
-            rows = self._rows(split)
-            columns = {key: [row[key] for row in rows] for key in ARC_FEATURES}  # also right when empty
-            self._datasets[split] = Dataset.from_dict(columns, features=ARC_FEATURES)
-        return self._datasets[split]
+        if split == "validation":
+            return self.load("test")
+        rows = self._rows(split)
+        columns = {key: [row[key] for row in rows] for key in ARC_FEATURES}  # also right when empty
+        return Dataset.from_dict(columns, features=ARC_FEATURES)
 
     def _rows(self, split: str) -> list[dict]:
         """All query rows of a split."""

@@ -52,6 +52,7 @@ class Task(ABC):
     max_tokens: int | None = None
     count_tokens: TokenCounter | None = field(default=None, init=False, repr=False, compare=False)
     stats: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
+    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- vocabulary and shape -------------------------------------------------------------------
     @property
@@ -75,9 +76,18 @@ class Task(ABC):
         return SPLITS
 
     # ---- data -----------------------------------------------------------------------------------
-    @abstractmethod
     def load(self, split: str) -> Dataset:
-        """The split as a HF ``datasets.Dataset`` of un-augmented rows (each has an ``id`` column)."""
+        """The split as a HF ``datasets.Dataset`` of un-augmented rows (each has an ``id`` column),
+        built once per task instance."""
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: unknown split {split!r}; expected one of {self.splits}")
+        if split not in self._datasets:
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    @abstractmethod
+    def _build(self, split: str) -> Dataset:
+        """Build one split (``load`` checks the name and memoises the result)."""
 
     def sample_augmentation(self, rng: np.random.Generator, train: bool) -> Any | None:
         """Draw one augmentation from ``rng`` (None: this family has none)."""

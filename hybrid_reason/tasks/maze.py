@@ -18,7 +18,7 @@ cell; vocabulary "#", ".", "S", "G", "o" (open is "." in text, " " in the CSV fo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -81,7 +81,6 @@ class MazeTask(Task):
     source: str = "generate"
     limit: int | None = None
     augment: bool = True
-    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.size < 2:
@@ -100,14 +99,6 @@ class MazeTask(Task):
         return self.size * self.size
 
     # ---- data -----------------------------------------------------------------------------------
-    def load(self, split: str) -> Dataset:
-        """Generated mazes (cached by datasets under the options and seed), or a CSV split."""
-        if split not in self.splits:
-            raise ValueError(f"maze: unknown split {split!r}; expected one of {self.splits}")
-        if split not in self._datasets:
-            self._datasets[split] = self._build(split)
-        return self._datasets[split]
-
     def _build(self, split: str) -> Dataset:
         """Build one split."""
         if self.source != "generate":

@@ -14,7 +14,7 @@ Vocabulary: the values ``min_value..max_value`` as text (id = value - min_value)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -53,7 +53,6 @@ class SortTask(Task):
     num_test: int = 1000
     seed: int = 0
     augment: bool = True
-    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_length <= self.length:
@@ -72,13 +71,9 @@ class SortTask(Task):
         return self.length
 
     # ---- data -----------------------------------------------------------------------------------
-    def load(self, split: str) -> Dataset:
+    def _build(self, split: str) -> Dataset:
         """A generated split (built in memory: it is cheap)."""
-        if split not in self.splits:
-            raise ValueError(f"sort: unknown split {split!r}; expected one of {self.splits}")
-        if split not in self._datasets:
-            self._datasets[split] = Dataset.from_list(self._generate(split), features=SORT_FEATURES)
-        return self._datasets[split]
+        return Dataset.from_list(self._generate(split), features=SORT_FEATURES)
 
     def _generate(self, split: str) -> list[dict]:
         """Random lists whose sorted values hash into ``split``'s bucket."""

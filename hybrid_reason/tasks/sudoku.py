@@ -17,7 +17,7 @@ cell (givens included, as TRM); vocabulary "1".."n" (id = digit - 1).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -92,7 +92,6 @@ class SudokuTask(Task):
     source: str = "generate"
     limit: int | None = None
     augment: bool = True
-    _datasets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.size not in BOXES:
@@ -113,14 +112,6 @@ class SudokuTask(Task):
         return self.size * self.size
 
     # ---- data -----------------------------------------------------------------------------------
-    def load(self, split: str) -> Dataset:
-        """Generated puzzles (cached by datasets under the options and seed), or a CSV split."""
-        if split not in self.splits:
-            raise ValueError(f"sudoku: unknown split {split!r}; expected one of {self.splits}")
-        if split not in self._datasets:
-            self._datasets[split] = self._build(split)
-        return self._datasets[split]
-
     def _build(self, split: str) -> Dataset:
         """Build one split."""
         if self.source != "generate":
