@@ -1,0 +1,70 @@
+"""DDP on CPU (gloo, 2 ranks): identical weights on both ranks, disjoint data shards, the carry of both
+ranks in the checkpoint, and an exact resume from it.
+
+``strategy="ddp"`` re-launches the running script for rank 1, so the run lives in a standalone script
+started with ``subprocess`` (under pytest the launcher would re-run pytest itself).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from test_training_common import backbone_path  # noqa: F401
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from lightning.pytorch.callbacks import Callback
+    sys.path.insert(0, sys.argv[3])
+    from test_training_common import make_data, make_module, make_trainer
+
+    backbone, out = sys.argv[1], sys.argv[2]
+
+    class SeenIds(Callback):
+        def __init__(self):
+            self.ids = []
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.ids += list(batch.ids)
+
+    def run(root, ckpt_path=None, steps=8):
+        seen = SeenIds()
+        module = make_module(backbone)
+        trainer = make_trainer(root, steps, callbacks=[seen], strategy="ddp", devices=2, val_check_interval=4)
+        trainer.fit(module, make_data(batch_size=4), ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        return trainer, module, seen
+
+    trainer, module, seen = run(out + "/unbroken")
+    run(out + "/part", steps=4)  # stops at step 4 ...
+    _, resumed, _ = run(out + "/part", ckpt_path=out + "/part/ckpt/last.ckpt")  # ... and goes on to step 8
+    rank = trainer.global_rank
+    torch.save({"weights": module.model.state_dict(), "resumed": resumed.model.state_dict(), "ids": seen.ids,
+                "carry_ids": module.carry.ids}, f"{out}/rank{rank}.pt")
+    """
+)
+
+
+def test_ddp_two_cpu_ranks_hold_identical_weights(backbone_path, tmp_path):
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([os.getcwd(), tests_dir, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script), backbone_path, str(tmp_path), tests_dir],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][key]), key
+    assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == 8 * 4
+    assert set(ranks[0]["ids"]).isdisjoint(ranks[1]["ids"])  # each rank reads its own shard (64 < 200 rows)
+
+    ckpt = torch.load(tmp_path / "unbroken" / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["carry"]["world_size"] == 2 and len(ckpt["carry"]["ranks"]) == 2
+    assert ckpt["carry"]["ranks"][0]["ids"] != ckpt["carry"]["ranks"][1]["ids"]
+    assert ckpt["carry"]["ranks"][1]["ids"] == ranks[1]["carry_ids"]
+    for key, value in ranks[0]["weights"].items():  # resumed from step 4 on both ranks: the same end
+        assert torch.equal(value, ranks[0]["resumed"][key]), key
+        assert torch.equal(value, ranks[1]["resumed"][key]), key
