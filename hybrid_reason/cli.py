@@ -4,7 +4,6 @@
     hybrid-reason export CKPT OUT                             write the HF model folder (EMA weights)
     hybrid-reason evaluate ... | compare ... | baseline ...   evaluation harness and baselines
     hybrid-reason bench core|backbone                         speed benchmarks
-    hybrid-reason demo                                        the offline SmolLM2 demo
 
 Subcommand modules are imported lazily so `hybrid-reason --help` stays fast.
 """
@@ -24,7 +23,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("hybrid_reason.compare", "main", "run an evaluation suite and write its report"),
     "baseline": ("hybrid_reason.baselines", "main", "run a chain-of-thought or direct-answer LLM baseline"),
     "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core and the backbone"),
-    "demo": ("hybrid_reason.demo", "main", "the offline demo on the SmolLM2 backbone"),
 }
 
 # LightningCLI subcommands keep the subcommand in argv; the others get only their own arguments.
