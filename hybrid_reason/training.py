@@ -130,14 +130,6 @@ class SlotCarry:
         return cls(encoded=enc, **rest)
 
 
-def replace_rows(encoded: Encoded, index: Tensor, new: Encoded) -> Encoded:
-    """``encoded`` with rows ``index`` replaced by the rows of ``new`` (vectorised without token states)."""
-    if encoded.tokens is not None:
-        return encoded.replace(index, new)  # token states may need re-padding
-    return Encoded(encoded.features.index_copy(0, index, new.features.to(encoded.features)),
-                   encoded.empty.index_copy(0, index, new.empty.to(encoded.empty.device)))
-
-
 def gather_to_rank_zero(obj: Any) -> list[Any]:
     """Every rank's ``obj`` on rank 0 (other ranks get an empty list); ``[obj]`` without DDP."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -368,7 +360,7 @@ class HybridReasonerModule(pl.LightningModule):
             )  # fmt: skip
             return
         c = self.carry
-        c.encoded = replace_rows(c.encoded, idx, encoded)
+        c.encoded = c.encoded.replace(rows, encoded)
         for name in ("labels", "index", "puzzle_ids"):
             getattr(c, name)[idx] = getattr(batch, name)[idx]
         refilled = set(rows)
