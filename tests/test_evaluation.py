@@ -1,0 +1,274 @@
+"""Evaluation: ARC Prize arithmetic, TRM voting over augmentations, the evaluate command, FLOPs, robustness."""
+
+import csv
+import json
+import os
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import hybrid_reason  # noqa: F401  (registers the Auto classes)
+from hybrid_reason import HybridReasoner, HybridReasonerConfig
+from hybrid_reason import evaluation as E
+from hybrid_reason.tasks import ArcAugmentation, build_task
+from hybrid_reason.tasks.arc import PAD
+
+SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_validation": 10, "num_test": 30}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    from hybrid_reason.testing import tiny_backbone
+
+    # a long context so that ARC prompts fit (the tiny model's weights do not care)
+    return tiny_backbone(str(tmp_path_factory.mktemp("bb") / "qwen"), hidden_size=32, num_layers=2, max_positions=32768)
+
+
+def make_model(backbone_dir, task_spec, path=None, mixer="attention", **overrides):
+    task = build_task(**task_spec)
+    kwargs = dict(backbone={"name": backbone_dir, "hidden_layer": 1},
+                  core={"d_model": 32, "num_heads": 4, "num_layers": 1, "n": 2, "T": 2, "mixer": mixer},
+                  answer_vocab_size=task.vocab_size, num_slots=task.num_slots, halt_max_steps=3, task=task_spec)
+    torch.manual_seed(0)
+    model = HybridReasoner(HybridReasonerConfig(**(kwargs | overrides))).eval()
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+# ------------------------------------------------------------------------------ ARC Prize arithmetic
+G1, G2, G3 = [[1, 2], [3, 4]], [[5]], [[0, 0, 0]]
+
+
+def test_arc_scorer_follows_the_official_arithmetic():
+    solutions = {
+        "a": [G1, G2],  # two test inputs: the first solved by attempt 2, the second only by attempt 3
+        "b": [G3],  # solved by attempt 1
+        "c": [G1, G2, G3],  # three test inputs, attempts only for the first: 1/3
+        "d": [G2],  # no attempts at all
+        "e": [G1],  # the right cells in the wrong shape do not count
+    }
+    attempts = {
+        "a": [[G3, G1], [G3, G1, G2]],
+        "b": [[G3, G1]],
+        "c": [[G1]],
+        "e": [[[[1, 2, 3, 4]], [[1], [2], [3], [4]]]],
+        "unknown": [[G1]],  # tasks not in the solutions are ignored
+    }
+    pass2 = E.task_scores(attempts, solutions, k=2)
+    assert pass2 == {"a": 0.5, "b": 1.0, "c": pytest.approx(1 / 3), "d": 0.0, "e": 0.0}
+    assert E.arc_score(attempts, solutions, k=2) == pytest.approx((0.5 + 1 + 1 / 3 + 0 + 0) / 5)
+    assert E.arc_score(attempts, solutions, k=1) == pytest.approx((0 + 1 + 1 / 3) / 5)  # a's hit is attempt 2
+    assert E.arc_score(attempts, solutions, k=3) == pytest.approx((1 + 1 + 1 / 3) / 5)  # pass@3: not ARC Prize
+
+
+def _result(group, query, candidates, target, ks=(1, 2)):
+    cands = [E.Candidate(a, 1, 0.5, 1.0) for a in candidates]
+    solved = {k: any(E._same(c.answer, target) for c in cands[:k]) for k in ks}
+    return E.PuzzleResult(f"{group}/{query}", group, query, 1, cands, solved, 0.0, 1.0)
+
+
+def test_aggregate_and_submission_use_the_same_arithmetic():
+    results = [_result("a", "test0", [G3, G1], G1), _result("a", "test1", [G3], G2), _result("b", "test0", [G3], G3)]
+    metrics = E.aggregate(results, [1, 2])
+    assert metrics["pass@2"] == pytest.approx((0.5 + 1.0) / 2)  # per task first, then the mean of tasks
+    assert metrics["exact"] == pytest.approx((0.0 + 1.0) / 2)
+    sub = E.kaggle_submission(results + [_result("c", "test10", [G1], G1), _result("c", "test9", [], G1)])
+    assert sub["a"] == [{"attempt_1": G3, "attempt_2": G1}, {"attempt_1": G3, "attempt_2": E.EMPTY_ATTEMPT}]
+    assert [e["attempt_1"] for e in sub["c"]] == [E.EMPTY_ATTEMPT, G1]  # test9 before test10; no answer -> [[0]]
+    attempts = {t: [[e["attempt_1"], e["attempt_2"]] for e in entries] for t, entries in sub.items()}
+    assert E.arc_score(attempts, {"a": [G1, G2], "b": [G3]}) == metrics["pass@2"]
+
+
+def test_vote_ranks_by_count_then_mean_confidence_and_ignores_empty_answers():
+    answers = [G1, G2, G1, G2, G3, [], None, G3]
+    conf = [0.2, 0.9, 0.2, 0.8, 0.99, 1.0, 1.0, 0.99]
+    ranked = E.vote(answers, conf, halt_steps=[1, 2, 3, 4, 5, 6, 7, 8])
+    assert [c.answer for c in ranked] == [G3, G2, G1]  # 2 votes each: mean confidence .99 > .85 > .2
+    assert [c.votes for c in ranked] == [2, 2, 2]
+    assert ranked[1].confidence == pytest.approx(0.85) and ranked[1].halt_step == 3.0
+    assert E.vote([None, []], [0.5, 0.5]) == []
+
+
+def test_score_puzzle_reads_step_k_and_each_views_own_halting_step():
+    task = build_task(**SORT)
+    row = task.load("test")[0]
+    right, wrong = task.target(row), [0] * len(task.target(row))
+    halting = E.Trace([right, wrong, wrong], [0.9, 0.9, 0.9], [2.0, 2.0, 2.0])  # halts at step 1, then drifts
+    late = E.Trace([wrong, wrong, right], [0.1, 0.1, 0.2], [-3.0, -3.0, -1.0])  # never halts
+    r3 = E.score_puzzle(task, row, [halting, late], 3, [1, 2])
+    assert [c.votes for c in r3.candidates] == [1, 1] and r3.candidates[0].answer == wrong  # tie: confidence .9 > .2
+    assert r3.solved == {1: False, 2: True}
+    assert r3.solved_at_halt is True  # at their halting steps (1 and 3) both views answer right
+    r1 = E.score_puzzle(task, row, [halting], 1, [1])
+    assert r1.solved[1] and r1.solved_at_halt and r1.halt_step == 1.0
+    r3 = E.score_puzzle(task, row, [halting], 3, [1])
+    assert not r3.solved[1] and r3.solved_at_halt  # wrong at step 3, right at step 1 where it halted
+
+
+# ------------------------------------------------------------------------------ voting inverts augmentations
+def _oracle(model, monkeypatch, labels_of):
+    """Make ``model`` predict the rendered labels of every view (the true answer, augmented)."""
+    V = model.config.answer_vocab_size
+
+    def encode(texts, slot_spans, names=None):
+        return texts
+
+    def iterate(texts, steps=None, puzzle_ids=None):
+        labels = torch.tensor([labels_of[t] for t in texts])
+        logits = torch.nn.functional.one_hot(labels.clamp(min=0) * (labels >= 0) + PAD * (labels < 0), V).float()
+        for k in range(steps):
+            yield SimpleNamespace(logits=logits, halt_logits=torch.full((len(texts),), 1.0 if k else -1.0))
+
+    monkeypatch.setattr(model, "encode", encode)
+    monkeypatch.setattr(model, "iterate", iterate)
+
+
+def test_voting_inverts_every_augmentation(backbone_dir, monkeypatch):
+    task = build_task("arc1")
+    model = make_model(backbone_dir, {"name": "arc1"}, core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1})
+    ds = task.load("test")
+    tasks = ds["task_id"]
+    single = [i for i, t in enumerate(tasks) if tasks.count(t) == 1][:2]
+    pair = [i for i, t in enumerate(tasks) if tasks.count(t) == 2][:2]  # one task with two test inputs
+    rows = ds.select(single + pair)
+    views = E.render_views(task, rows, augmentations=16, seed=0)
+    augs = [ArcAugmentation.from_meta(ex.meta["augmentation"]) for ex in views.examples]
+    assert {a.dihedral for a in augs} == set(range(8))  # every dihedral transform is exercised
+    assert sum(a.colours != tuple(range(10)) for a in augs) == len(augs) - len(rows)  # and colours, bar view 0
+    _oracle(model, monkeypatch, {ex.text: ex.labels for ex in views.examples})
+
+    ev = E.evaluate_model(model, task, rows, augmentations=16, steps=2, curve_steps=3, progress=False)
+    for r, row in zip(ev.results, rows):
+        assert r.candidates[0].answer == row["test_output"]  # attempt 1 is the true grid, in the original frame
+        assert r.candidates[0].votes == r.views == 16 and len(r.candidates) == 1
+        assert r.halt_step == 2.0  # halt logit > 0 from step 2 on
+    m = ev.metrics
+    assert m["exact"] == m["pass@2"] == m["pass@16"] == m["cell"] == m["exact_at_halt"] == 1.0
+    assert [row["step"] for row in ev.curve] == [1, 2, 3]
+    assert set(ev.submission) == set(rows["task_id"])
+    assert ev.submission[rows[3]["task_id"]][1]["attempt_1"] == rows[3]["test_output"]
+
+
+def test_select_rows_limits_arc_by_task():
+    ds = build_task("arc1").load("test")
+    rows = E.select_rows(ds, 5)
+    assert len(set(rows["task_id"])) == 5
+    assert len(rows) == sum(1 for t in ds["task_id"] if t in set(rows["task_id"]))
+
+
+# ------------------------------------------------------------------------------ the evaluate command
+def test_evaluate_command_writes_scores_that_match_the_model(backbone_dir, tmp_path):
+    model_dir = str(tmp_path / "model")
+    make_model(backbone_dir, SORT, model_dir)
+    out = tmp_path / "out"
+    ev = E.main(["--model", model_dir, "--split", "test", "--limit", "12", "--curve-steps", "5", "--batch-size", "5",
+                 "--out", str(out), "--no-progress"])
+    assert sorted(os.listdir(out)) == ["curve.csv", "curve.png", "metrics.json", "per_task.csv", "summary.md"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["puzzles"] == 12 and metrics["steps"] == 3 and len(metrics["curve"]) == 5
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    with open(out / "per_task.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12
+
+    # the same numbers straight from the model: cell accuracy per step, by argmax against the labels
+    model = E.load_model(model_dir)
+    task = build_task(**SORT)
+    rows = task.load("test").select(range(12))
+    examples = [task.render(rows[i]) for i in range(12)]
+    labels = torch.tensor([ex.labels for ex in examples])
+    encoded = model.encode([ex.text for ex in examples], [ex.slot_spans for ex in examples])
+    mask = labels >= 0
+    for k, out_k in enumerate(model.iterate(encoded, 5), start=1):
+        right = ((out_k.logits.argmax(-1) == labels) & mask).sum(1) / mask.sum(1)
+        exact = ((out_k.logits.argmax(-1) == labels) | ~mask).all(1).float().mean()
+        assert metrics["curve"][k - 1]["cell"] == pytest.approx(float(right.mean()), abs=1e-6)
+        assert metrics["curve"][k - 1]["exact"] == pytest.approx(float(exact), abs=1e-6)
+    assert ev.metrics == metrics["metrics"]
+
+
+def test_evaluating_on_a_task_of_another_shape_is_a_clear_error(backbone_dir, tmp_path, capsys):
+    model_dir = str(tmp_path / "model")
+    make_model(backbone_dir, SORT, model_dir)
+    with pytest.raises(SystemExit, match=r"trained on task 'sort' with slot count 6, but task 'sort' here has slot count 8"):
+        E.main(["--model", model_dir, "--option", "length=8", "--no-progress"])
+    with pytest.raises(SystemExit, match=r"answer vocabulary 10, but task 'sudoku' here has answer vocabulary 4"):
+        E.main(["--model", model_dir, "--task", "sudoku", "--option", "size=4", "--no-progress"])
+    with pytest.raises(SystemExit, match="not a saved HybridReasoner folder"):
+        E.main(["--model", str(tmp_path / "nothing"), "--no-progress"])
+
+
+def test_an_interrupted_evaluation_writes_nothing(backbone_dir, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "model")
+    make_model(backbone_dir, SORT, model_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("old")
+    calls = []
+    real = E._run_batch
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(E, "_run_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        E.main(["--model", model_dir, "--limit", "8", "--batch-size", "4", "--out", str(out), "--no-progress"])
+    assert os.listdir(out) == ["metrics.json"] and (out / "metrics.json").read_text() == "old"
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "report.md"
+    E.atomic_write(path, "old")
+
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        E.atomic_write(path, "new " * 1000)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["report.md"]
+
+
+# ------------------------------------------------------------------------------ FLOPs
+@pytest.mark.parametrize("mixer, context", [("attention", 0), ("mlp", 0), ("attention", 3)])
+def test_core_flops_match_torch_flop_counter(backbone_dir, mixer, context):
+    model = make_model(backbone_dir, SORT, mixer=mixer, num_context_slots=context)
+    task = build_task(**SORT)
+    ex = task.render(task.load("test")[0])
+    encoded = model.encode([ex.text], [ex.slot_spans])
+    with FlopCounterMode(display=False) as counter:
+        model(encoded=encoded)
+    once, per_token, per_step = E.core_flops(model.config)
+    c, S, L = model.config.core_config, model.config.seq_len, encoded.tokens.shape[1] if context else 0
+    sdpa = c.T * (c.n + 1) * c.num_layers * 4 * S * S * c.d_model if mixer == "attention" else 0  # uncounted on CPU
+    sdpa += 4 * context * L * c.d_model  # the resampler's scores and values, also uncounted
+    assert counter.get_total_flops() + sdpa == once + per_token * L + per_step
+    blocks = model.backbone.model.layers[:1]  # hidden_layer 1: one block runs
+    assert E.backbone_params_run(model.backbone) == sum(p.numel() for p in blocks.parameters())
+
+
+def test_render_views_gives_one_view_to_tasks_without_eval_augmentation():
+    task = build_task(**SORT)
+    rows = task.load("test").select(range(3))
+    views = E.render_views(task, rows, augmentations=8)
+    assert views.puzzle == [0, 1, 2]
+    with pytest.raises(ValueError, match="augmentations"):
+        E.render_views(task, rows, augmentations=0)
+    assert np.all([ex.meta["augmentation"] is None for ex in views.examples])
