@@ -19,7 +19,6 @@ import platform
 import re
 import sys
 import time
-import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from .evaluation import (atomic_write, build_task_spec, check_model_task, curve_table, quiet_transformers,
                          resolve_split, save_figure, select_rows, write_json)
+from .typecheck import fits
 
 HYBRID_KINDS = ("hybrid", "fixed-depth")
 LLM_KINDS = ("cot", "direct")
@@ -88,22 +88,6 @@ class Suite:
     output: str | None = None  # default eval/results/<name>
 
 
-def _check_value(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits a simple type hint (str, int, float, dict, Literal, X | None)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return value in args
-    if origin in (typing.Union, types.UnionType):
-        return any(_check_value(value, h) for h in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
-
-
 def _typed(cls: type, data: Any, where: str):
     """``cls(**data)``, naming ``where`` and the key on unknown keys, missing keys and wrong types."""
     if not isinstance(data, dict):
@@ -113,7 +97,7 @@ def _typed(cls: type, data: Any, where: str):
     for key, value in data.items():
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(known)}")
-        if key != "systems" and not _check_value(value, hints[key]):
+        if key != "systems" and not fits(value, hints[key]):
             raise ValueError(f"{where}.{key}: {value!r} is not {str(hints[key]).replace('typing.', '')}")
     missing = [f.name for f in known.values() if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
     if missing:

@@ -18,16 +18,9 @@ from hybrid_reason import evaluation as E
 from hybrid_reason.tasks import ArcAugmentation, build_task
 from hybrid_reason.tasks.arc import PAD
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_validation": 10, "num_test": 30}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread, above all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

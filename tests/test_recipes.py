@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training_common import one_thread  # noqa: F401
 
 from hybrid_reason.data import task_from_spec
 from hybrid_reason.train_cli import main, parse_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 GPU_RECIPES = {"arc_qwen.yaml": "arc1", "arc2_qwen.yaml": "arc2", "sudoku_qwen.yaml": "sudoku", "maze_qwen.yaml": "maze"}

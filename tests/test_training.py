@@ -9,9 +9,11 @@ import os
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from test_training_common import TASK, backbone_path, make_data, make_module, make_trainer, one_thread  # noqa: F401
+from test_training_common import TASK, backbone_path, make_data, make_module, make_trainer  # noqa: F401
 
 from hybrid_reason.training import HybridReasonerModule
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Record(Callback):

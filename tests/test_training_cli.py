@@ -12,9 +12,11 @@ import sys
 import pytest
 import torch
 import yaml
-from test_training_common import TASK, backbone_path, one_thread  # noqa: F401
+from test_training_common import TASK, backbone_path  # noqa: F401
 
 from hybrid_reason.train_cli import export_main, main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

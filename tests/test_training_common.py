@@ -27,15 +27,6 @@ def backbone_path(tmp_path_factory) -> str:
     return tiny_backbone(str(tmp_path_factory.mktemp("backbone") / "qwen2"), hidden_size=32, num_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and most steadily) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sgd_adamw(params):
     """A fast-learning AdamW for tests."""
     return torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)

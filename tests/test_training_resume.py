@@ -8,7 +8,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from test_training_common import backbone_path, make_data, make_module, make_trainer, one_thread  # noqa: F401
+from test_training_common import backbone_path, make_data, make_module, make_trainer  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 10
 

@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any
 
+from ..typecheck import fits, type_name
 from .arc import Arc2Task, ArcAugmentation, ArcTask
 from .arc_data import ArcFormatError
 from .base import IGNORE, Rendered, Task
@@ -37,32 +37,9 @@ def build_task(name: str, **options: Any) -> Task:
     for key, value in options.items():
         if key not in known:
             raise ValueError(f"unknown option {key!r} for task {name!r}; options: {', '.join(known)}")
-        if not _is_instance(value, known[key]):
-            raise ValueError(f"option {key!r} of task {name!r} must be {_type_name(known[key])}, got {value!r}")
+        if not fits(value, known[key]):
+            raise ValueError(f"option {key!r} of task {name!r} must be {type_name(known[key])}, got {value!r}")
     return TASKS[name](**options)
-
-
-def _is_instance(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits a simple type hint (int, float, str, bool, Literal, X | None)."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_is_instance(value, h) for h in typing.get_args(hint))
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
-
-
-def _type_name(hint: Any) -> str:
-    """A readable name of a type hint."""
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 __all__ = [
