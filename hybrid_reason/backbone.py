@@ -23,23 +23,21 @@ Semantics, in one place:
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import importlib.util
 import inspect
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic_io import write_dir_atomically
 from .feature_cache import FeatureCache
 
 Span = tuple[int, int] | None
@@ -226,52 +224,6 @@ def _build_gguf_cache(folder: str, gguf_file: str, final: Path, source: dict) ->
         (tmp / "hybrid_reason_source.json").write_text(json.dumps(source))
 
     write_dir_atomically(final, build)
-
-
-def write_dir_atomically(final: Path, build: Callable[[Path], None]) -> None:
-    """Run ``build(tmp)`` in a fresh sibling folder, then rename it to ``final`` (replacing an old one).
-
-    A process killed mid-build leaves ``final`` untouched (only a ``.tmp-<pid>`` folder, removed by the
-    next build); a build that raises leaves nothing. If another process renamed its copy first, its
-    copy is kept.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        build(tmp)
-        if final.exists():  # stale copy: move it aside first (rename over a non-empty folder fails)
-            trash = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.exists():  # not a concurrent winner: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_orphans(final: Path) -> None:
-    """Delete temporary folders of ``final`` left by builds whose process is gone."""
-    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*-*-*"):
-        pid = leftover.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _forget_gguf_quantizer(model: nn.Module) -> None:

@@ -26,8 +26,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .evaluation import (PuzzleResult, aggregate, atomic_write, build_task_spec, group_of, is_arc, parse_options,
-                         quiet_transformers, resolve_split, select_rows, vote, write_csv, write_json)
+from .atomic_io import atomic_write, write_csv, write_json
+from .evaluation import (PuzzleResult, aggregate, build_task_spec, group_of, is_arc, parse_options, quiet_transformers,
+                         resolve_split, select_rows, vote)
 
 KINDS = ("cot", "direct")
 INSTRUCTIONS = {

@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 import torch
 
-from .evaluation import (atomic_write, build_task_spec, check_model_task, curve_table, quiet_transformers,
-                         resolve_split, save_figure, select_rows, write_json)
+from .atomic_io import atomic_write, save_figure, write_json
+from .evaluation import (build_task_spec, check_model_task, curve_table, quiet_transformers, resolve_split,
+                         select_rows)
 from .typecheck import fits
 
 HYBRID_KINDS = ("hybrid", "fixed-depth")

@@ -19,83 +19,23 @@ The answer is read at ``steps`` (default N_sup); the curve reports every step 1.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .atomic_io import atomic_write, save_figure, write_csv, write_json
+
 Grid = list[list[int]]
 SPLIT_ALIASES = {"eval": "test", "evaluation": "test"}  # ARC's evaluation tasks are the "test" split
 EMPTY_ATTEMPT: Grid = [[0]]  # what the submission holds when a model has no (non-empty) answer
-
-
-# ============================================================================ atomic files
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``:
-    readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Atomically write ``obj`` as JSON (indented unless ``indent`` is None)."""
-    atomic_write(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
-
-
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Atomically write a CSV file."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
-
-
-def save_figure(fig, path: str | os.PathLike) -> None:
-    """Atomically save a matplotlib figure as PNG and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-
-
-def _json_default(value: Any) -> Any:
-    """JSON for numpy scalars/arrays and tuples."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 # ============================================================================ ARC Prize scoring

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections import OrderedDict
 from typing import Sequence
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
+
+from .atomic_io import atomic_write
 
 Entry = dict[str, Tensor]
 
@@ -77,13 +77,7 @@ class FeatureCache:
         """Store ``entry`` (copied to contiguous CPU tensors) in memory and, with a directory, on disk."""
         entry = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in entry.items()}
         if (path := self._path(key)) is not None:
-            tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-            try:
-                save_file(entry, tmp)
-                os.replace(tmp, path)  # atomic: a reader sees the old file, the new one, or none
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            atomic_write(path, save(entry))  # a reader sees the old file, the new one, or none
         self._remember(key, entry)
 
     def clear(self) -> None:

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from .atomic_io import write_dir_atomically
 from .configuration import HybridReasonerConfig
 from .data import TaskDataModule, task_from_spec
 from .modeling import HybridReasoner
@@ -108,7 +109,7 @@ class HybridReasonCLI(LightningCLI):
         trainer = self.trainer
         out = os.path.join(trainer.log_dir or trainer.default_root_dir, EXPORT_FOLDER)
         if trainer.is_global_zero and not trainer.interrupted:
-            self.model.model.save_pretrained(out)
+            write_dir_atomically(out, self.model.model.save_pretrained)
             keys = ("val/", "train/encodes", "train/backbone")
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(keys)}
             summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
@@ -146,7 +147,7 @@ def export_checkpoint(checkpoint: str, out: str) -> str:
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state, strict=True)
-    model.save_pretrained(out)
+    write_dir_atomically(out, model.save_pretrained)  # no half-written model folder, ever
     return out
 
 

@@ -28,8 +28,8 @@ from hybrid_reason.backbone import (
     resolve_backbone,
     resolve_layer,
     tokenizer_fingerprint,
-    write_dir_atomically,
 )
+from hybrid_reason.atomic_io import write_dir_atomically
 from hybrid_reason.testing import qwen_shaped_config, tiny_backbone, tiny_tokenizer
 
 NUM_LAYERS = 4

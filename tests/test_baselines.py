@@ -7,7 +7,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
 
 import hybrid_reason  # noqa: F401
 from hybrid_reason import HybridReasoner, HybridReasonerConfig

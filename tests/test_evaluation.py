@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import hybrid_reason  # noqa: F401  (registers the Auto classes)
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
 from hybrid_reason import evaluation as E
+from hybrid_reason.atomic_io import atomic_write
 from hybrid_reason.tasks import ArcAugmentation, build_task
 from hybrid_reason.tasks.arc import PAD
 
@@ -228,14 +229,14 @@ def test_an_interrupted_evaluation_writes_nothing(backbone_dir, tmp_path, monkey
 
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "report.md"
-    E.atomic_write(path, "old")
+    atomic_write(path, "old")
 
     def boom(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
-        E.atomic_write(path, "new " * 1000)
+        atomic_write(path, "new " * 1000)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["report.md"]
 
 
