@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import CoreConfig, RecursiveCore
-from .losses import deep_supervision_loss
+from .model.core import CoreConfig, RecursiveCore
+from .model.losses import deep_supervision_loss
 
 
 def time_calls(fn: Callable[[], object], steps: int, warmup: int) -> list[float]:

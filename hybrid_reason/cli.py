@@ -15,13 +15,13 @@ import sys
 
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "fit": ("hybrid_reason.train_cli", "main", "train a model from a YAML recipe (LightningCLI)"),
-    "validate": ("hybrid_reason.train_cli", "main", "validate a model from a YAML recipe (LightningCLI)"),
-    "test": ("hybrid_reason.train_cli", "main", "test a model from a YAML recipe (LightningCLI)"),
-    "export": ("hybrid_reason.train_cli", "export_main", "export a checkpoint's EMA weights as a HF model folder"),
-    "evaluate": ("hybrid_reason.evaluation", "main", "score a trained model on a task (ARC voting, pass@k, curves)"),
-    "compare": ("hybrid_reason.compare", "main", "run an evaluation suite and write its report"),
-    "baseline": ("hybrid_reason.baselines", "main", "run a chain-of-thought or direct-answer LLM baseline"),
+    "fit": ("hybrid_reason.training.recipe_cli", "main", "train a model from a YAML recipe (LightningCLI)"),
+    "validate": ("hybrid_reason.training.recipe_cli", "main", "validate a model from a YAML recipe (LightningCLI)"),
+    "test": ("hybrid_reason.training.recipe_cli", "main", "test a model from a YAML recipe (LightningCLI)"),
+    "export": ("hybrid_reason.training.recipe_cli", "export_main", "export a checkpoint's EMA weights as a HF model folder"),
+    "evaluate": ("hybrid_reason.evaluation.hybrid", "main", "score a trained model on a task (ARC voting, pass@k, curves)"),
+    "compare": ("hybrid_reason.evaluation.suite", "main", "run an evaluation suite and write its report"),
+    "baseline": ("hybrid_reason.evaluation.llm", "main", "run a chain-of-thought or direct-answer LLM baseline"),
     "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core and the backbone"),
 }
 

@@ -18,19 +18,18 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from hybrid_reason.backbone import (
-    SMOLLM2_GGUF,
     Backbone,
     BackboneIdentity,
     BackboneSpec,
     Encoded,
-    find_layers,
     materialize,
     resolve_backbone,
     resolve_layer,
     tokenizer_fingerprint,
 )
-from hybrid_reason.atomic_io import write_dir_atomically
-from hybrid_reason.testing import qwen_shaped_config, tiny_backbone, tiny_tokenizer
+from hybrid_reason.backbone.loading import SMOLLM2_GGUF, find_layers
+from hybrid_reason.utils.atomic_io import write_dir_atomically
+from hybrid_reason.utils.testing import qwen_shaped_config, tiny_backbone, tiny_tokenizer
 
 NUM_LAYERS = 4
 

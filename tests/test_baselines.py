@@ -10,7 +10,7 @@ import pytest
 
 import hybrid_reason  # noqa: F401
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
-from hybrid_reason import baselines as B
+from hybrid_reason.evaluation import llm as B
 from hybrid_reason.tasks import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,7 @@ SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_vali
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
     """A tiny random causal LM whose saved tokenizer carries a chat template."""
-    from hybrid_reason.testing import TOKENIZER_FOLDER, save_tokenizer, tiny_backbone, tiny_tokenizer
+    from hybrid_reason.utils.testing import TOKENIZER_FOLDER, save_tokenizer, tiny_backbone, tiny_tokenizer
 
     path = tiny_backbone(str(tmp_path_factory.mktemp("lm") / "qwen"), hidden_size=32, num_layers=2, max_positions=1024)
     tokenizer = tiny_tokenizer()
@@ -98,7 +98,7 @@ def test_settings_and_models_are_checked(lm_dir):
         B.GenerationSettings(max_new_tokens=0)
     from transformers import AutoModelForCausalLM
 
-    from hybrid_reason.testing import tiny_tokenizer
+    from hybrid_reason.utils.testing import tiny_tokenizer
 
     with pytest.raises(ValueError, match="'bare' has no chat template"):
         B.LanguageModel("bare", AutoModelForCausalLM.from_pretrained(lm_dir), tiny_tokenizer())

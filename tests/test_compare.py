@@ -12,7 +12,7 @@ import yaml
 
 import hybrid_reason  # noqa: F401
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
-from hybrid_reason import compare as C
+from hybrid_reason.evaluation import suite as C
 from hybrid_reason.tasks import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +26,7 @@ SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_vali
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny backbone, a recursive model and a fixed-depth one (T = n = N_sup = 1) trained on nothing."""
-    from hybrid_reason.testing import tiny_backbone
+    from hybrid_reason.utils.testing import tiny_backbone
 
     root = tmp_path_factory.mktemp("suite")
     backbone = tiny_backbone(str(root / "bb"), hidden_size=32, num_layers=2, max_positions=1024)

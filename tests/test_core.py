@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrid_reason.core import Block, Carry, CoreConfig, RecursiveCore, rms_norm, swiglu_width
+from hybrid_reason.model.core import Block, Carry, CoreConfig, RecursiveCore, rms_norm, swiglu_width
 
 
 def make_core(mixer="attention", n=2, T=3, layers=2, seq=9, d=32, seed=0):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hybrid_reason.data import EvalSet, StreamLoader, TaskDataModule, TrainStream, collate_eval, task_from_spec
+from hybrid_reason.training.data import EvalSet, StreamLoader, TaskDataModule, TrainStream, collate_eval, task_from_spec
 
 TASK = {"name": "sort", "length": 5, "min_length": 3, "max_value": 9, "num_train": 50, "num_validation": 10, "num_test": 10}
 
@@ -115,7 +115,7 @@ def test_batch_size_must_be_positive():
 def test_puzzle_vocabulary_orders_keys():
     from datasets import Dataset
 
-    from hybrid_reason.data import puzzle_vocabulary
+    from hybrid_reason.tasks.keys import puzzle_vocabulary
 
     rows = Dataset.from_dict({"id": ["b/0", "a/1", "b/1"], "task_id": ["b", "a", "b"]})
     assert puzzle_vocabulary(rows) == {"a": 1, "b": 2}

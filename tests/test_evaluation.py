@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hybrid_reason  # noqa: F401  (registers the Auto classes)
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
-from hybrid_reason import evaluation as E
-from hybrid_reason.atomic_io import atomic_write
+from hybrid_reason.evaluation import hybrid as E
+from hybrid_reason.utils.atomic_io import atomic_write
 from hybrid_reason.tasks import ArcAugmentation, build_task
 from hybrid_reason.tasks.arc import PAD
 
@@ -26,7 +26,7 @@ SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_vali
 
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory):
-    from hybrid_reason.testing import tiny_backbone
+    from hybrid_reason.utils.testing import tiny_backbone
 
     # a long context so that ARC prompts fit (the tiny model's weights do not care)
     return tiny_backbone(str(tmp_path_factory.mktemp("bb") / "qwen"), hidden_size=32, num_layers=2, max_positions=32768)

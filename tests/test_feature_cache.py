@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hybrid_reason.backbone import Backbone, BackboneSpec
-from hybrid_reason.feature_cache import FeatureCache, entry_nbytes
-from hybrid_reason.testing import tiny_backbone
+from hybrid_reason.backbone.feature_cache import FeatureCache, entry_nbytes
+from hybrid_reason.utils.testing import tiny_backbone
 
 
 def entry(value: float, slots: int = 4, d: int = 8) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hybrid_reason.losses import (
+from hybrid_reason.model.losses import (
     IGNORE,
     deep_supervision_loss,
     example_loss,

@@ -14,7 +14,7 @@ from transformers import AutoModel
 
 import hybrid_reason  # noqa: F401  (registers the Auto classes)
 from hybrid_reason import Backbone, BackboneSpec, HybridReasoner, HybridReasonerConfig
-from hybrid_reason.testing import TOKENIZER_FOLDER, save_tokenizer, tiny_backbone, tiny_tokenizer
+from hybrid_reason.utils.testing import TOKENIZER_FOLDER, save_tokenizer, tiny_backbone, tiny_tokenizer
 
 TEXTS = ["Sort: 3 1 2 0", "Sort: 9 7 8 5"]
 SPANS = [[(6, 7), (8, 9), (10, 11), (12, 13)]] * 2

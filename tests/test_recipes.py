@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybrid_reason.data import task_from_spec
-from hybrid_reason.train_cli import main, parse_recipe
+from hybrid_reason.training.data import task_from_spec
+from hybrid_reason.training.recipe_cli import main, parse_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

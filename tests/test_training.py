@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from test_training_common import TASK, backbone_path, make_data, make_module, make_trainer  # noqa: F401
 
-from hybrid_reason.training import HybridReasonerModule
+from hybrid_reason.training.module import HybridReasonerModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

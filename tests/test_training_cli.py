@@ -14,7 +14,7 @@ import torch
 import yaml
 from test_training_common import TASK, backbone_path  # noqa: F401
 
-from hybrid_reason.train_cli import export_main, main
+from hybrid_reason.training.recipe_cli import export_main, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +35,7 @@ def write_recipe(path, backbone: str, root: str, **changes) -> str:
         "model": {"backbone": {"name": backbone}, "core": {"d_model": 32, "num_heads": 2, "num_layers": 1, "n": 2, "T": 2},
                   "halt_max_steps": 3,
                   "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3, "betas": [0.9, 0.95]}},
-                  "lr_scheduler": {"class_path": "hybrid_reason.training.WarmupSchedule", "init_args": {"warmup_steps": 2}}},
+                  "lr_scheduler": {"class_path": "hybrid_reason.training.schedule.WarmupSchedule", "init_args": {"warmup_steps": 2}}},
         "data": {"task": TASK, "batch_size": 6},
         "ema": {"decay": 0.9},
         "checkpoint": {"every_n_train_steps": 3},

@@ -12,10 +12,12 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
 from hybrid_reason.backbone import BackboneSpec
-from hybrid_reason.core import CoreConfig
-from hybrid_reason.data import TaskDataModule
-from hybrid_reason.testing import tiny_backbone
-from hybrid_reason.training import HybridReasonerModule, SlotCarry, WarmupSchedule
+from hybrid_reason.model.core import CoreConfig
+from hybrid_reason.training.data import TaskDataModule
+from hybrid_reason.utils.testing import tiny_backbone
+from hybrid_reason.training.carry import SlotCarry
+from hybrid_reason.training.module import HybridReasonerModule
+from hybrid_reason.training.schedule import WarmupSchedule
 
 TASK = {"name": "sort", "length": 4, "min_length": 3, "max_value": 5, "num_train": 200, "num_validation": 16, "num_test": 16}
 CORE = CoreConfig(d_model=32, num_heads=2, num_layers=1, n=2, T=2)

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from ..typecheck import fits, type_name
+from ..utils.typecheck import fits, type_name
 from .arc import Arc2Task, ArcAugmentation, ArcTask
 from .arc_data import ArcFormatError
 from .base import IGNORE, Rendered, Task

@@ -26,8 +26,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .atomic_io import atomic_write, write_csv, write_json
-from .evaluation import (PuzzleResult, aggregate, build_task_spec, group_of, is_arc, parse_options, quiet_transformers,
+from ..tasks.keys import puzzle_key
+from ..utils.atomic_io import atomic_write, write_csv, write_json
+from .hybrid import (PuzzleResult, aggregate, build_task_spec, is_arc, parse_options, quiet_transformers,
                          resolve_split, select_rows, vote)
 
 KINDS = ("cot", "direct")
@@ -125,7 +126,7 @@ def load_language_model(name: str, device: str = "cpu", dtype: str = "float32",
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .backbone import TOKENIZER_FOLDER, materialize
+    from ..backbone.loading import TOKENIZER_FOLDER, materialize
 
     info = hybrid_model_info(name) if os.path.isdir(name) else None
     if info is not None:
@@ -319,7 +320,7 @@ def _score(task, row: dict, replies: list[Reply], ks: Sequence[int]) -> PuzzleRe
     target = task.target(row)
     solved = {k: any(task.score(c.answer, target) for c in candidates[:k]) for k in ks}
     cell = task.cell_accuracy(candidates[0].answer, target) if candidates and target is not None else 0.0
-    return PuzzleResult(str(row["id"]), group_of(row), str(row.get("query") or ""), len(replies), candidates, solved,
+    return PuzzleResult(str(row["id"]), puzzle_key(row), str(row.get("query") or ""), len(replies), candidates, solved,
                         float(cell), 0.0)
 
 
@@ -375,7 +376,7 @@ def task_for(model: str, name: str | None, options: dict) -> Any:
 
 def fixed_depth_main(args: argparse.Namespace) -> None:
     """``baseline fixed-depth``: check the model is single-step (T = n = N_sup = 1), then evaluate it."""
-    from . import evaluation
+    from . import hybrid as evaluation
 
     info = hybrid_model_info(args.model)
     if info is None:

@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModel, BertConfig, LlamaConfig, PreTrainedConfig, PreTrainedTokenizerFast, Qwen2Config
 
-from .backbone import TOKENIZER_FOLDER
+from ..backbone.loading import TOKENIZER_FOLDER
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ARCHS = ("qwen2", "llama", "bert")

@@ -18,10 +18,12 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbone import Backbone, Encoded
+from ..backbone.backbone import Backbone
+from ..backbone.encoded import Encoded
 from .configuration import HybridReasonerConfig
 from .core import Carry, RecursiveCore, init_module_, rms_norm, trunc_normal_
 from .losses import deep_supervision_loss
+from .remote_code import AUTO_MAP, write_remote_code
 
 LORA_FOLDER = "backbone_lora"
 
@@ -160,8 +162,11 @@ class HybridReasoner(PreTrainedModel):
         return encoded.to(device)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save config + trainable weights; with LoRA on the backbone, its adapter goes to a subfolder."""
+        """Save config + trainable weights and the model's code (for ``trust_remote_code``); with LoRA on
+        the backbone, its adapter goes to a subfolder."""
+        self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory)
         if self._backbone is not None and self._backbone.has_lora:
             self._backbone.save_lora(os.path.join(save_directory, LORA_FOLDER))
 

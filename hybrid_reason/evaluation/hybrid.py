@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .atomic_io import atomic_write, save_figure, write_csv, write_json
+from ..tasks.keys import puzzle_key, puzzle_vocabulary
+from ..utils.atomic_io import atomic_write, save_figure, write_csv, write_json
 
 Grid = list[list[int]]
 SPLIT_ALIASES = {"eval": "test", "evaluation": "test"}  # ARC's evaluation tasks are the "test" split
@@ -126,7 +127,7 @@ def task_spec_for(model_task: dict | None, name: str | None = None, options: dic
 
 def build_task_spec(spec: dict):
     """A Task from a ``{name: ..., option: value}`` section."""
-    from .tasks import build_task
+    from ..tasks import build_task
 
     options = {k: v for k, v in spec.items() if k != "name"}
     return build_task(spec["name"], **options)
@@ -145,7 +146,7 @@ def check_model_task(config, task, model_name: str = "the model") -> None:
 
 def load_model(path: str, device: str | torch.device = "cpu"):
     """A saved HybridReasoner folder, in eval mode on ``device`` (the backbone loads on first use)."""
-    from .modeling import HybridReasoner
+    from ..model.modeling import HybridReasoner
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"--model {path!r} is not a saved HybridReasoner folder (no config.json)")
@@ -165,11 +166,6 @@ def select_rows(rows, limit: int | None):
         keep.add(task_id)
         picked.append(i)
     return rows.select(picked)
-
-
-def group_of(row: dict) -> str:
-    """The scoring group of a row: its ARC task id, else the row itself."""
-    return str(row.get("task_id") or row["id"])
 
 
 # ============================================================================ views
@@ -330,7 +326,7 @@ def score_puzzle(task, row: dict, traces: list[Trace], step: int, ks: Sequence[i
     halt = candidates[0].halt_step if candidates else float(np.mean(halts))
     at_halt = vote([t.answers[h - 1] for t, h in zip(traces, halts)], [t.confidences[h - 1] for t, h in zip(traces, halts)])
     solved_at_halt = bool(at_halt) and task.score(at_halt[0].answer, target)
-    return PuzzleResult(str(row["id"]), group_of(row), str(row.get("query") or ""), len(traces), candidates, solved,
+    return PuzzleResult(str(row["id"]), puzzle_key(row), str(row.get("query") or ""), len(traces), candidates, solved,
                         float(cell), halt, solved_at_halt)
 
 
@@ -356,7 +352,7 @@ def aggregate(results: list[PuzzleResult], ks: Sequence[int]) -> dict[str, float
 # ============================================================================ FLOPs
 def backbone_params_run(backbone) -> int:
     """Parameters of the backbone blocks that run (layers 1..hidden_layer); embeddings are lookups."""
-    from .backbone import find_layers
+    from ..backbone.loading import find_layers
 
     blocks = find_layers(backbone.model, backbone.model.config.num_hidden_layers)
     return sum(p.numel() for block in list(blocks)[: backbone.layer] for p in block.parameters())
@@ -366,7 +362,7 @@ def core_flops(config) -> tuple[int, int, int]:
     """FLOPs of the trainable model per view: (once: the adapter and the resampler's query side, per
     prompt token: the resampler's keys, values and scores, per supervision step: T(n+1) calls of the L
     blocks + heads). A multiply-add counts 2; attention scores count 4 x queries x keys x width."""
-    from .core import swiglu_width
+    from ..model.core import swiglu_width
 
     c, S, d = config.core_config, config.seq_len, config.core_config.d_model
     K, d_llm = config.num_context_slots, config.backbone_hidden_size
@@ -450,7 +446,7 @@ class Evaluation:
 
 def is_arc(task) -> bool:
     """Whether ``task`` is an ARC family (scored pass@2, with a Kaggle submission)."""
-    from .tasks import ArcTask
+    from ..tasks import ArcTask
 
     return isinstance(task, ArcTask)
 
@@ -501,7 +497,6 @@ def _puzzle_ids(model, task, rows, views: Views) -> list[int] | None:
     """TRM puzzle IDs per view for a model with an ID table (0 = a puzzle unseen in training)."""
     if not model.config.num_puzzle_ids:
         return None
-    from .data import puzzle_key, puzzle_vocabulary
 
     vocab = puzzle_vocabulary(task.load("train"))
     return [vocab.get(puzzle_key(rows[p]), 0) for p in views.puzzle]

@@ -60,7 +60,7 @@ class HybridReasonerConfig(PreTrainedConfig):
     backbone_tokenizer: str | None = None
 
     def __post_init__(self, **kwargs):
-        from .backbone import BackboneSpec  # heavy module: imported only when a config is built
+        from ..backbone.loading import BackboneSpec  # heavy module: imported only when a config is built
 
         self.backbone = _as_dict(self.backbone, "backbone") or asdict(BackboneSpec())
         self.core = _as_dict(self.core, "core") or asdict(CoreConfig())
@@ -82,7 +82,7 @@ class HybridReasonerConfig(PreTrainedConfig):
     @property
     def backbone_spec(self):
         """The backbone section as a typed BackboneSpec."""
-        from .backbone import BackboneSpec
+        from ..backbone.loading import BackboneSpec
 
         return BackboneSpec(**self.backbone)
 

@@ -17,7 +17,7 @@ from typing import Sequence
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from .atomic_io import atomic_write
+from ..utils.atomic_io import atomic_write
 
 Entry = dict[str, Tensor]
 

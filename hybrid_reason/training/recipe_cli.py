@@ -27,11 +27,11 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from .atomic_io import write_dir_atomically
-from .configuration import HybridReasonerConfig
+from ..utils.atomic_io import write_dir_atomically
+from ..model.configuration import HybridReasonerConfig
 from .data import TaskDataModule, task_from_spec
-from .modeling import HybridReasoner
-from .training import HybridReasonerModule, check_pretrained
+from ..model.modeling import HybridReasoner
+from .module import HybridReasonerModule, check_pretrained
 
 EXPORT_FOLDER = "hf_model"
 

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import torch
 
-from .atomic_io import atomic_write, save_figure, write_json
-from .evaluation import (build_task_spec, check_model_task, curve_table, quiet_transformers, resolve_split,
+from ..utils.atomic_io import atomic_write, save_figure, write_json
+from .hybrid import (build_task_spec, check_model_task, curve_table, quiet_transformers, resolve_split,
                          select_rows)
-from .typecheck import fits
+from ..utils.typecheck import fits
 
 HYBRID_KINDS = ("hybrid", "fixed-depth")
 LLM_KINDS = ("cot", "direct")
@@ -177,7 +177,7 @@ class Runner:
 
     def _first_hybrid_config(self):
         """The config of the first hybrid system (for the default task and LLM)."""
-        from .configuration import HybridReasonerConfig
+        from ..model.configuration import HybridReasonerConfig
 
         for entry in self.suite.systems:
             if isinstance(entry, HybridEntry):
@@ -199,7 +199,7 @@ class Runner:
 
     def backbone_for(self, model):
         """One shared, uncached Backbone per backbone spec (so timings include the backbone pass)."""
-        from .backbone import Backbone
+        from ..backbone.backbone import Backbone
 
         key = json.dumps(model.config.backbone, sort_keys=True)
         if key not in self.backbones:
@@ -208,7 +208,7 @@ class Runner:
 
     def run_hybrid(self, entry: HybridEntry) -> tuple[SystemReport, Any]:
         """Evaluate a trained model with ``evaluate_model``."""
-        from .evaluation import evaluate_model, load_model
+        from .hybrid import evaluate_model, load_model
 
         _require_model_folder(entry)
         model = load_model(entry.model, self.device)
@@ -238,7 +238,7 @@ class Runner:
 
     def run_llm(self, entry: LLMEntry) -> tuple[SystemReport, Any]:
         """Run a chain-of-thought or direct-answer baseline with ``run_baseline``."""
-        from .baselines import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, load_language_model, run_baseline
+        from .llm import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, load_language_model, run_baseline
 
         settings = GenerationSettings(entry.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[entry.kind], entry.temperature,
                                       entry.top_p, entry.attempts, entry.batch_size, self.suite.seed)
@@ -374,8 +374,8 @@ def _slug(name: str) -> str:
 def write_report(suite: Suite, reports: list[SystemReport], raws: list[Any], out: Path, command: str, wall: float,
                  task_spec: dict) -> None:
     """Write each system's own files, results.json, report.png and report.md (last), each atomically."""
-    from .baselines import BaselineResult, write_baseline
-    from .evaluation import write_evaluation
+    from .llm import BaselineResult, write_baseline
+    from .hybrid import write_evaluation
 
     for report, raw in zip(reports, raws):
         folder = out / "systems" / _slug(report.name)

@@ -30,8 +30,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data import Dataset as TorchDataset
 
-from .tasks import Task, build_task
-from .tasks.base import Rendered
+from ..tasks import Task, build_task
+from ..tasks.base import Rendered
+from ..tasks.keys import puzzle_key, puzzle_vocabulary
 
 # Seed streams: permutations, training augmentations and evaluation augmentations never share draws.
 _PERM, _TRAIN_AUG, _EVAL_AUG = 0, 1, 2
@@ -57,17 +58,6 @@ def task_from_spec(spec: dict[str, Any]) -> Task:
         return build_task(spec["name"], **options)
     except (TypeError, ValueError) as err:  # unknown task, unknown option, wrong type or value
         raise ValueError(f"data.task: {err}") from None
-
-
-def puzzle_key(row: dict) -> str:
-    """The key of TRM's puzzle ID: the ARC task a query belongs to, else the row id."""
-    return str(row.get("task_id") or row["id"])
-
-
-def puzzle_vocabulary(rows: Dataset) -> dict[str, int]:
-    """Puzzle keys of the training rows -> IDs 1..P, sorted (0 is kept for unknown puzzles)."""
-    column = "task_id" if "task_id" in rows.column_names else "id"
-    return {key: i + 1 for i, key in enumerate(sorted(set(map(str, rows[column]))))}
 
 
 def collate(examples: list[Rendered], index: list[int], puzzle_ids: list[int]) -> Batch:

@@ -23,121 +23,29 @@ Evaluation runs every example from the initial carry for N_sup steps (or ``eval_
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
-from .backbone import BackboneSpec, Encoded
-from .configuration import HybridReasonerConfig
-from .core import Carry, CoreConfig
+from ..backbone.encoded import Encoded
+from ..backbone.loading import BackboneSpec
+from ..model.configuration import HybridReasonerConfig
+from ..model.core import Carry, CoreConfig
+from .carry import SlotCarry, gather_to_rank_zero
 from .data import Batch, task_from_spec
-from .losses import IGNORE, example_loss, exact_correct, halt_loss
-from .modeling import HybridReasoner
+from .schedule import WarmupSchedule, adamw
+from ..model.losses import IGNORE, example_loss, exact_correct, halt_loss
+from ..model.modeling import HybridReasoner
 
 _MIN_STEPS_SEED = 3  # seed stream of the exploration draws (data.py uses 0-2)
-
-
-# ------------------------------------------------------------------------------ optimisation
-def adamw(params) -> Optimizer:
-    """TRM's optimiser stand-in: AdamW, lr 1e-4, betas (0.9, 0.95), weight decay 0.1."""
-    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-
-
-class WarmupSchedule(LRScheduler):
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then a constant or cosine learning rate.
-
-    The first step already uses lr / warmup_steps (TRM's schedule). ``decay="cosine"`` falls to
-    ``min_lr_ratio`` x lr at ``total_steps`` (default: the trainer's max_steps).
-    """
-
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        warmup_steps: int = 2000,
-        decay: Literal["constant", "cosine"] = "constant",
-        total_steps: int | None = None,
-        min_lr_ratio: float = 0.0,
-        last_epoch: int = -1,
-    ):
-        if decay not in ("constant", "cosine"):
-            raise ValueError(f"lr_scheduler.decay must be 'constant' or 'cosine', got {decay!r}")
-        self.warmup_steps, self.decay, self.total_steps, self.min_lr_ratio = warmup_steps, decay, total_steps, min_lr_ratio
-        super().__init__(optimizer, last_epoch)
-
-    def factor(self, step: int) -> float:
-        """The learning-rate multiplier at optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.decay == "constant":
-            return 1.0
-        if not self.total_steps:
-            raise ValueError("lr_scheduler: cosine decay needs total_steps (or trainer.max_steps)")
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def get_lr(self) -> list[float]:
-        """Learning rates of the param groups at the current step."""
-        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
-
-
-# ------------------------------------------------------------------------------ the carry
-@dataclass
-class SlotCarry:
-    """What each of the B slots keeps between training steps."""
-
-    encoded: Encoded  # backbone features of the slot's example
-    labels: Tensor  # [B, S]
-    ids: list[str]  # readable example ids
-    index: Tensor  # [B] stream index of the example
-    puzzle_ids: Tensor  # [B]
-    y: Tensor  # [B, prefix + S, d] answer state
-    z: Tensor  # [B, prefix + S, d] latent
-    steps: Tensor  # [B] supervision steps run so far
-    min_steps: Tensor  # [B] exploration: may not halt before this many steps
-    halted: Tensor  # [B] bool: refill before the next step
-
-    def state(self) -> dict[str, Any]:
-        """Plain CPU tensors, strings and None (what a checkpoint stores)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "encoded":
-                out |= {f"encoded.{k}": None if v is None else v.detach().cpu() for k, v in vars(value).items()}
-            elif isinstance(value, Tensor):
-                out[f.name] = value.detach().cpu()
-            else:
-                out[f.name] = list(value)
-        return out
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> "SlotCarry":
-        """Rebuild a carry from ``state()`` on ``device``."""
-        move = lambda v: v.to(device) if isinstance(v, Tensor) else v  # noqa: E731
-        enc = Encoded(**{k[len("encoded.") :]: move(v) for k, v in state.items() if k.startswith("encoded.")})
-        rest = {f.name: move(state[f.name]) for f in fields(cls) if f.name != "encoded"}
-        return cls(encoded=enc, **rest)
-
-
-def gather_to_rank_zero(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` on rank 0 (other ranks get an empty list); ``[obj]`` without DDP."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    rank, world = dist.get_rank(), dist.get_world_size()
-    out = [None] * world if rank == 0 else None
-    dist.gather_object(obj, out, dst=0)
-    return out or []
 
 
 def plain(value: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Evaluation: scoring, running trained models, LLM baselines, suites and reports."""

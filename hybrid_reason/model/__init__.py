@@ -1,0 +1,1 @@
+"""The model: TRM recursive core, losses, and the Hugging Face config/model pair."""

@@ -1,0 +1,1 @@
+"""Lightning training: the data module, the persistent-carry module, the recipe CLI."""
