@@ -8,8 +8,8 @@ import torch
 from hybrid_reason.model.losses import (
     IGNORE,
     deep_supervision_loss,
-    example_loss,
     exact_correct,
+    example_loss,
     stablemax_log_probs,
 )
 

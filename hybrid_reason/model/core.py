@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import HybridReasonError
+
 # std of a unit normal truncated to [-2, 2]; dividing by it makes the truncated draw have the asked std.
 _TRUNC_STD = 0.87962566103423978
 
@@ -40,11 +42,16 @@ class CoreConfig:
 
     def __post_init__(self) -> None:
         if self.mixer not in ("attention", "mlp"):
-            raise ValueError(f"core.mixer must be 'attention' or 'mlp', got {self.mixer!r}")
+            raise HybridReasonError(f"core.mixer must be 'attention' or 'mlp', got {self.mixer!r}")
+        for key in ("d_model", "num_heads", "num_layers", "n", "T"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise HybridReasonError(f"core.{key} must be an integer >= 1, got {value!r}")
         if self.d_model % self.num_heads:
-            raise ValueError(f"core.d_model {self.d_model} is not divisible by core.num_heads {self.num_heads}")
-        if self.n < 1 or self.T < 1 or self.num_layers < 1:
-            raise ValueError(f"core.n, core.T and core.num_layers must be >= 1, got {self.n}, {self.T}, {self.num_layers}")
+            raise HybridReasonError(f"core.d_model {self.d_model} is not divisible by core.num_heads {self.num_heads}")
+        if self.mixer == "attention" and (self.d_model // self.num_heads) % 2:
+            raise HybridReasonError(f"core.d_model / core.num_heads = {self.d_model // self.num_heads} must be even "
+                                    "(RoPE rotates pairs of channels)")
 
 
 class Carry(NamedTuple):
@@ -77,22 +84,26 @@ def rms_norm(x: Tensor, eps: float) -> Tensor:
 
 
 def swiglu_width(d: int, expansion: float) -> int:
-    """TRM's SwiGLU inner width: expansion * d * 2/3, rounded up to a multiple of 256."""
-    return 256 * math.ceil(expansion * d * 2 / 3 / 256)
+    """TRM's SwiGLU inner width: expansion * d * 2/3 rounded to an integer (Python's round), then up to
+    a multiple of 256 (TRM's ``_find_multiple(round(expansion * hidden_size * 2 / 3), 256)``)."""
+    return 256 * -(round(expansion * d * 2 / 3) // -256)
 
 
-def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device, dtype) -> tuple[Tensor, Tensor]:
-    """Rotary tables [S, head_dim] for positions 0..seq_len-1 (half-split layout)."""
+def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device) -> tuple[Tensor, Tensor]:
+    """Rotary tables [S, head_dim] for positions 0..seq_len-1 (half-split layout), always float32."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate query/key heads [B, H, S, hd] by the position tables."""
+    """Rotate query/key heads [B, H, S, hd] by the position tables, in the tables' dtype (float32), then
+    cast back to x's dtype, as TRM does: a bf16 rotation would lose about one ulp per block call."""
+    dtype = x.dtype
+    x = x.to(cos.dtype)
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(dtype)
 
 
 class SwiGLU(nn.Module):
@@ -127,21 +138,31 @@ class Attention(nn.Module):
 
 
 class SlotMLP(nn.Module):
-    """TRM's ``mlp_t`` mixer: a SwiGLU along the slot axis (fixed sequence length, no positions)."""
+    """TRM's ``mlp_t`` mixer: a SwiGLU along the slot axis (fixed sequence length, no positions).
+
+    It works on the transposed state [B, d, S]; :class:`Block` takes its post-norm while still
+    transposed, so over the slot axis, as TRM's reference does.
+    """
 
     def __init__(self, seq_len: int, expansion: float):
         super().__init__()
         self.seq_len = seq_len
         self.mlp = SwiGLU(seq_len, expansion)
 
-    def forward(self, h: Tensor, rope=None) -> Tensor:
-        if h.shape[1] != self.seq_len:
-            raise ValueError(f"the mlp mixer was built for {self.seq_len} slots, got {h.shape[1]}")
-        return self.mlp(h.transpose(1, 2)).transpose(1, 2)
+    def forward(self, t: Tensor) -> Tensor:
+        """SwiGLU over the last (slot) axis of the transposed state t [B, d, S]."""
+        if t.shape[-1] != self.seq_len:
+            raise ValueError(f"the mlp mixer was built for {self.seq_len} slots, got {t.shape[-1]}")
+        return self.mlp(t)
 
 
 class Block(nn.Module):
-    """Post-norm block: h = norm(h + mix(h)); h = norm(h + swiglu(h))."""
+    """Post-norm block: h = norm(h + mix(h)); h = norm(h + swiglu(h)).
+
+    With the attention mixer both norms run over d. With the mlp mixer (TRM's ``mlp_t``) the state is
+    transposed to [B, d, S], t = norm(t + mlp_t(t)) is taken over the slot axis, and only then is it
+    transposed back; the channel SwiGLU and its norm over d follow.
+    """
 
     def __init__(self, cfg: CoreConfig, seq_len: int):
         super().__init__()
@@ -153,7 +174,11 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.expansion)
 
     def forward(self, h: Tensor, rope) -> Tensor:
-        h = rms_norm(h + self.mix(h, rope), self.eps)
+        if isinstance(self.mix, SlotMLP):
+            t = h.transpose(1, 2)
+            h = rms_norm(t + self.mix(t), self.eps).transpose(1, 2)
+        else:
+            h = rms_norm(h + self.mix(h, rope), self.eps)
         return rms_norm(h + self.mlp(h), self.eps)
 
 
@@ -180,7 +205,7 @@ class RecursiveCore(nn.Module):
         if self.cfg.mixer != "attention":
             return None
         head_dim = self.cfg.d_model // self.cfg.num_heads
-        return rope_cos_sin(h.shape[1], head_dim, self.cfg.rope_theta, h.device, h.dtype)
+        return rope_cos_sin(h.shape[1], head_dim, self.cfg.rope_theta, h.device)
 
     def f(self, h: Tensor, injection: Tensor, rope) -> Tensor:
         """The shared network: blocks over (h + injection), input injection is additive."""

@@ -45,6 +45,12 @@ def exact_correct(logits: Tensor, labels: Tensor) -> Tensor:
     return right.all(-1) & mask.any(-1)
 
 
+def halt_target(logits: Tensor, labels: Tensor) -> Tensor:
+    """[B] bool target of the halt head: the whole answer is right. An example with no labelled slot
+    counts as right, as in TRM (its per-slot correct count, 0, equals its label count, 0)."""
+    return exact_correct(logits, labels) | ~(labels != IGNORE).any(-1)
+
+
 def halt_loss(halt_logits: Tensor, exact: Tensor) -> Tensor:
     """Binary cross-entropy of the halt logit against 'the whole answer is right': [B]."""
     return F.binary_cross_entropy_with_logits(halt_logits.float(), exact.float(), reduction="none")
@@ -59,11 +65,13 @@ def deep_supervision_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """TRM's step loss, summed over the batch: sum_b [CE_b + halt_weight * BCE_b].
 
-    Returns the summed loss (divide by the global batch size before backward, as TRM does) and
-    detached per-example parts for metrics.
+    The halt BCE's target is :func:`halt_target` (an example with no labels counts as right); the
+    ``exact`` part, for metrics, is :func:`exact_correct` (such an example is not exact). Returns the
+    summed loss (divide by the global batch size before backward, as TRM does) and detached
+    per-example parts for metrics.
     """
     ce = example_loss(logits, labels, kind)
     exact = exact_correct(logits.detach(), labels)
-    bce = halt_loss(halt_logits, exact)
+    bce = halt_loss(halt_logits, halt_target(logits.detach(), labels))
     total = (ce + halt_weight * bce).sum()
     return total, {"ce": ce.detach(), "halt_bce": bce.detach(), "exact": exact}

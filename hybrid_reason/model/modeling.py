@@ -8,6 +8,7 @@ trainable parts (adapter, resampler or puzzle-ID table, core, heads) live in the
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..backbone.backbone import Backbone
+from ..errors import HybridReasonError
 from ..backbone.encoded import Encoded
 from .configuration import HybridReasonerConfig
 from .core import Carry, RecursiveCore, init_module_, rms_norm, trunc_normal_
@@ -80,6 +82,31 @@ class Resampler(nn.Module):
         return rms_norm(q + out, self.eps)
 
 
+class PuzzleEmbedding(nn.Module):
+    """TRM's per-task ID table [num_ids, d]: zero-initialised, and a persistent *buffer*, not a
+    parameter, as in TRM. The dense optimiser never sees it, and an EMA that averages parameters
+    only (Lightning's ``EMAWeightAveraging(use_buffers=False)``) copies it instead of averaging it.
+
+    In training with grad, ``forward`` returns the batch's rows as a fresh leaf tensor and keeps it
+    (``rows``, ``ids``). After backward, TRM's sparse sign-SGD reads ``rows.grad`` and updates only
+    those rows of the table (``hybrid_reason.training.sign_sgd``).
+    """
+
+    def __init__(self, num_ids: int, d: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(num_ids, d))
+        self.rows: Tensor | None = None
+        self.ids: Tensor | None = None
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Rows of ``ids`` [B] -> [B, d] (a leaf that collects the gradient when training)."""
+        rows = self.weight[ids]
+        if self.training and torch.is_grad_enabled():
+            rows = rows.detach().requires_grad_(True)
+            self.rows, self.ids = rows, ids.detach()
+        return rows
+
+
 class HybridReasoner(PreTrainedModel):
     """A TRM recursive core reasoning over a frozen LLM's hidden states (see module docstring)."""
 
@@ -101,7 +128,7 @@ class HybridReasoner(PreTrainedModel):
         self.resampler = None
         if config.num_context_slots:
             self.resampler = Resampler(d_llm, d, config.num_context_slots, core_cfg.num_heads, core_cfg.norm_eps)
-        self.puzzle_emb = nn.Embedding(config.num_puzzle_ids, d) if config.num_puzzle_ids else None
+        self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_ids, d) if config.num_puzzle_ids else None
         self.core = RecursiveCore(core_cfg, config.seq_len)
         self.answer_head = nn.Linear(d, config.answer_vocab_size, bias=False)
         self.halt_head = nn.Linear(d, 1)
@@ -122,7 +149,7 @@ class HybridReasoner(PreTrainedModel):
             trunc_normal_(module.position, 1.0 / math.sqrt(d))
         elif isinstance(module, Resampler):
             trunc_normal_(module.queries, 1.0)
-        elif isinstance(module, nn.Embedding) and not getattr(module.weight, "_is_hf_initialized", False):
+        elif isinstance(module, PuzzleEmbedding) and not getattr(module.weight, "_is_hf_initialized", False):
             module.weight.zero_()  # TRM's puzzle-ID table starts at zero
 
     # ---------------------------------------------------------------- backbone
@@ -170,9 +197,29 @@ class HybridReasoner(PreTrainedModel):
         if self._backbone is not None and self._backbone.has_lora:
             self._backbone.save_lora(os.path.join(save_directory, LORA_FOLDER))
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` (``AutoModel`` comes here too); a local folder is checked
+        first (``check_saved_model``): a damaged weights file, or a config whose sizes disagree with the
+        weights, is a one-line ``HybridReasonError`` naming the folder and the tensor."""
+        folder = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(folder) and not kwargs.get("subfolder") and not kwargs.get("ignore_mismatched_sizes"):
+            config = kwargs.get("config")
+            check_saved_model(folder, config if isinstance(config, HybridReasonerConfig) else None)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # ---------------------------------------------------------------- forward
     def embed(self, encoded: Encoded, puzzle_ids: Tensor | None = None) -> Tensor:
-        """Core input x [B, prefix + S, d]: optional prefix (context slots or puzzle ID), then slots."""
+        """Core input x [B, prefix + S, d]: optional prefix (context slots or puzzle ID), then slots.
+
+        Scale of the puzzle-ID prefix: TRM concatenates [ID row, zeros, token embeddings] and multiplies
+        the whole sequence by sqrt(d); its token embeddings have std 1/sqrt(d), so its inputs have unit
+        scale per element and its ID row enters as sqrt(d) x row. Our slot inputs already have that unit
+        scale (the adapter is an RMS-normalised input through a LeCun-normal Linear: it stands for TRM's
+        *scaled* embedding), so scaling them again would make them sqrt(d) times too large. Only the ID
+        row is multiplied by sqrt(d): the core sees exactly TRM's [sqrt(d) row, 0, unit-scale inputs], and
+        the table's sign-SGD steps (lr 1e-2 in table units) move the input by sqrt(d) x 1e-2, as in TRM.
+        """
         x = self.adapter(encoded.features, encoded.empty)
         if self.resampler is not None:
             if encoded.tokens is None:
@@ -182,7 +229,7 @@ class HybridReasoner(PreTrainedModel):
             if puzzle_ids is None:
                 raise ValueError("this model has a puzzle-ID embedding (num_puzzle_ids > 0): pass puzzle_ids")
             prefix = x.new_zeros(x.shape[0], self.config.puzzle_prefix_len, x.shape[-1])
-            prefix[:, 0] = self.puzzle_emb(puzzle_ids).to(x.dtype)
+            prefix[:, 0] = math.sqrt(x.shape[-1]) * self.puzzle_emb(puzzle_ids).to(x.dtype)
             x = torch.cat([prefix, x], dim=1)
         return x
 
@@ -234,3 +281,65 @@ class HybridReasoner(PreTrainedModel):
             out = self.forward(encoded=encoded, carry=carry, puzzle_ids=puzzle_ids)
             carry = out.carry
             yield out
+
+
+# ------------------------------------------------------------------------- checking a saved folder
+WEIGHTS_FILE = "model.safetensors"
+
+
+def check_saved_model(folder: str | os.PathLike, config: HybridReasonerConfig | None = None) -> HybridReasonerConfig:
+    """Check a saved HybridReasoner folder without reading any tensor data: ``config.json`` is a valid
+    hybrid_reason config, ``model.safetensors`` is complete, and every tensor has the shape that the
+    config (or ``config``) implies. Returns the config; a problem is a one-line ``HybridReasonError``
+    naming the folder and, for weights, the tensor."""
+    folder = os.fspath(folder)
+    config = config or read_saved_config(folder)
+    if config.backbone_hidden_size is None:
+        raise HybridReasonError(f"{folder}: config.json has no backbone_hidden_size, so it was not saved by HybridReasoner")
+    saved = _saved_shapes(folder)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        expected = {k: tuple(v.shape) for k, v in HybridReasoner(config).state_dict().items()}
+    for name, shape in expected.items():
+        if name not in saved:
+            raise HybridReasonError(f"{folder}: {WEIGHTS_FILE} lacks tensor {name} (shape {list(shape)})")
+        if saved[name] != shape:
+            raise HybridReasonError(f"{folder}: tensor {name} has shape {list(saved[name])} in {WEIGHTS_FILE}, "
+                                    f"but config.json implies {list(shape)}")
+    extra = sorted(set(saved) - set(expected))
+    if extra:
+        raise HybridReasonError(f"{folder}: {WEIGHTS_FILE} has tensor {extra[0]}, which config.json's model does not have")
+    return config
+
+
+def read_saved_config(folder: str) -> HybridReasonerConfig:
+    """A saved folder's ``config.json`` as a HybridReasonerConfig (one-line errors naming the file)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise HybridReasonError(f"{folder} is not a saved HybridReasoner folder (no config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HybridReasonError(f"{path} is not a readable JSON file ({err})") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type != HybridReasonerConfig.model_type:
+        raise HybridReasonError(f"{path}: model_type is {model_type!r}, not {HybridReasonerConfig.model_type!r}")
+    try:
+        return HybridReasonerConfig.from_dict(raw)
+    except (TypeError, ValueError) as err:  # HybridReasonError included: prefix the file
+        raise HybridReasonError(f"{path}: {err}") from None
+
+
+def _saved_shapes(folder: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header (which also proves the file is complete)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise HybridReasonError(f"{folder}: no {WEIGHTS_FILE}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HybridReasonError(f"{path} is damaged or not a safetensors file ({reason})") from None

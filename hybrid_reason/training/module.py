@@ -5,8 +5,9 @@ keeps its example, labels, backbone features and recursion state (y, z) across o
 
     every training step:  refill halted slots  ->  one supervision step for every slot  ->  loss,
                           one optimizer step (Lightning)  ->  decide which slots halt
-    a slot halts when its halt logit > 0 and it has run its minimum steps (0, or with probability
-    halt_exploration_prob a number drawn from [2, N_sup] when it was filled), or after N_sup steps.
+    a slot halts when its halt logit > 0 and it has run this step's minimum (0, or with probability
+    halt_exploration_prob a number drawn from [2, N_sup], redrawn at every step as in TRM), or after
+    N_sup steps.
 
 Refilling takes, for each halted slot, the example at the same position of the step's new batch;
 the other examples of that batch are skipped, as TRM does (the stream is endless and seeded, so a
@@ -31,21 +32,35 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ..backbone.encoded import Encoded
 from ..backbone.loading import BackboneSpec
+from ..errors import HybridReasonError
 from ..model.configuration import HybridReasonerConfig
 from ..model.core import Carry, CoreConfig
+from ..tasks.base import PromptBudget, TokenCount
 from .carry import SlotCarry, gather_to_rank_zero
 from .data import Batch, task_from_spec
 from .schedule import WarmupSchedule, adamw
+from .sign_sgd import schedule_factor, sparse_sign_sgd_
 from ..model.losses import IGNORE, example_loss, exact_correct, halt_loss
 from ..model.modeling import HybridReasoner
 
 _MIN_STEPS_SEED = 3  # seed stream of the exploration draws (data.py uses 0-2)
+
+
+def exploration_min_steps(seed: int, step: int, rank: int, count: int, prob: float, n_sup: int) -> Tensor:
+    """TRM's exploration at one supervision step: per slot, with probability ``prob`` a minimum halting
+    step drawn from [2, N_sup], else 0. A pure function of (seed, step, rank): a resumed run draws the
+    same values, with no RNG state in the checkpoint."""
+    rng = np.random.default_rng([seed, _MIN_STEPS_SEED, step, rank])
+    explore = rng.random(count) < prob
+    drawn = rng.integers(2, n_sup + 1, count) if n_sup >= 2 else np.zeros(count, int)
+    return torch.as_tensor(np.where(explore, drawn, 0), dtype=torch.long)
 
 
 def plain(value: Any) -> Any:
@@ -75,16 +90,6 @@ def _as(cls: type, value: Any, key: str):
     raise TypeError(f"model.{key} must be a {cls.__name__} or a dict, got {type(value).__name__}")
 
 
-class TokenCount:
-    """Counts a text's tokens with the backbone's tokenizer (a picklable prompt-budget counter)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
 def check_pretrained(path: str, task: dict[str, Any]) -> HybridReasonerConfig:
     """Read the config of a saved model (``model.init_from``) and check it fits the recipe's task."""
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -108,11 +113,12 @@ class HybridReasonerModule(pl.LightningModule):
         task: the task section (linked from ``data.task``): answer vocabulary and slot count come from it.
         backbone: the frozen LM (``BackboneSpec``). core: the recursive core (``CoreConfig``).
         num_context_slots: K resampler prefix slots reading all prompt tokens (0 = off).
-        num_puzzle_ids: rows of TRM's per-task ID embedding (0 = off); it trains with its own
-            learning rate ``puzzle_lr`` and weight decay ``puzzle_weight_decay`` (an AdamW group
-            standing in for TRM's sign-SGD). puzzle_prefix_len: prefix slots of the ID embedding.
-        halt_max_steps: N_sup. halt_exploration_prob: chance that a new example must run a minimum
-            number of steps drawn from [2, N_sup] before it may halt.
+        num_puzzle_ids: rows of TRM's per-task ID embedding (0 = off); as in TRM it is a buffer
+            trained by sparse sign-SGD (``training/sign_sgd.py``) with ``puzzle_lr`` and
+            ``puzzle_weight_decay``, on the dense schedule, and copied, not averaged, by the EMA.
+            puzzle_prefix_len: prefix slots of the ID embedding.
+        halt_max_steps: N_sup. halt_exploration_prob: chance, at every supervision step and for every
+            slot, that halting must wait for a minimum step drawn from [2, N_sup] (TRM's exploration).
         loss: "stablemax" or "softmax" cross-entropy. halt_loss_weight: weight of the halt BCE.
         eval_steps: supervision steps per evaluated example (default N_sup).
         optimizer / lr_scheduler: callables building them from param groups / the optimizer.
@@ -196,31 +202,25 @@ class HybridReasonerModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check the datamodule serves this model's task (and puzzle IDs that fit the ID table), and
-        give the task the backbone's context as its prompt budget."""
+        give the datamodule the backbone's context as its prompt budget."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         spec = getattr(dm, "task_spec", None)
         if spec is not None and spec != self.model.config.task:
             raise ValueError(f"data.task {spec} differs from model.task {self.model.config.task}; name the task once (data.task)")
         if stage == "fit" and self.trainer.accumulate_grad_batches != 1:
             raise ValueError("trainer.accumulate_grad_batches must be 1: each carry step is one optimizer step")
-        task = getattr(dm, "task", None)
         context = self.model.backbone.context_length
-        if task is not None and task.max_tokens is None and context is not None:
-            task.set_budget(context, TokenCount(self.model.backbone.tokenizer))  # prompts must fit the backbone
+        if hasattr(dm, "set_prompt_budget") and context is not None:  # prompts must fit the backbone
+            dm.set_prompt_budget(PromptBudget(context, TokenCount(self.model.backbone.tokenizer)))
         if self.num_puzzle_ids and stage == "fit" and dm is not None and len(dm.puzzles) + 1 > self.num_puzzle_ids:
             raise ValueError(f"model.num_puzzle_ids={self.num_puzzle_ids} is too small: the training split has "
                              f"{len(dm.puzzles)} puzzles (+1 for unknown)")
 
     # -------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        """AdamW (or the recipe's optimizer) on the trainable weights; the puzzle-ID table gets its own group."""
-        named = list(self.model.named_parameters())
-        main = [p for n, p in named if not n.startswith("puzzle_emb.")]
-        puzzle = [p for n, p in named if n.startswith("puzzle_emb.")]
-        groups = [{"params": main, "name": "main"}]
-        if puzzle:
-            groups.append({"params": puzzle, "name": "puzzle_emb", "lr": self.puzzle_lr, "weight_decay": self.puzzle_weight_decay})
-        optimizer = self.optimizer_factory(groups)
+        """AdamW (or the recipe's optimizer) on the trainable weights. The puzzle-ID table is a buffer,
+        trained by sign-SGD in :meth:`on_before_optimizer_step`, not by this optimizer."""
+        optimizer = self.optimizer_factory([{"params": list(self.model.parameters()), "name": "main"}])
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -239,13 +239,32 @@ class HybridReasonerModule(pl.LightningModule):
         self.counters["backbone_runs"] += cache.misses - misses if cache is not None else len(rows)
         return encoded
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """TRM's sparse sign-SGD on the puzzle-ID rows of this step (gathered over ranks), at
+        ``puzzle_lr`` times the dense optimizer's current schedule factor."""
+        table = self.model.puzzle_emb
+        if table is None or table.rows is None or table.rows.grad is None:
+            return
+        grad, ids = table.rows.grad, table.ids
+        if self.trainer.world_size > 1:
+            grad, ids = self.all_gather(grad).flatten(0, 1), self.all_gather(ids).flatten()
+        lr = self.puzzle_lr * schedule_factor(optimizer)
+        sparse_sign_sgd_(table.weight, ids, grad, lr, self.puzzle_weight_decay)
+        table.rows = table.ids = None
+
+    def on_fit_start(self) -> None:
+        """Refuse an EMA that would average the puzzle-ID table (TRM's EMA leaves it alone)."""
+        averaging = [c for c in self.trainer.callbacks if isinstance(c, WeightAveraging)]
+        if self.num_puzzle_ids and any(getattr(c, "_use_buffers", False) for c in averaging):
+            raise HybridReasonError("ema.use_buffers must be false with model.num_puzzle_ids > 0: the EMA would "
+                                    "average the puzzle-ID table, which TRM trains by sign-SGD outside the EMA")
+
     def draw_min_steps(self, count: int) -> Tensor:
-        """Exploration: per new example, 0 or (with probability p) a minimum step count in [2, N_sup]."""
+        """This step's exploration minimum for ``count`` slots (see :func:`exploration_min_steps`)."""
         cfg = self.model.config
-        rng = np.random.default_rng([self.seed, _MIN_STEPS_SEED, self.global_step, self.global_rank])
-        explore = rng.random(count) < cfg.halt_exploration_prob
-        drawn = rng.integers(2, cfg.halt_max_steps + 1, count) if cfg.halt_max_steps >= 2 else np.zeros(count, int)
-        return torch.as_tensor(np.where(explore, drawn, 0), dtype=torch.long, device=self.device)
+        drawn = exploration_min_steps(self.seed, self.global_step, self.global_rank, count,
+                                      cfg.halt_exploration_prob, cfg.halt_max_steps)  # fmt: skip
+        return drawn.to(self.device)
 
     def refill(self, batch: Batch) -> None:
         """Put the batch's examples into the halted slots (all slots at the first step) and encode only those."""
@@ -264,7 +283,7 @@ class HybridReasonerModule(pl.LightningModule):
             zeros = torch.zeros(B, dtype=torch.long, device=self.device)
             self.carry = SlotCarry(
                 encoded, batch.labels.clone(), list(batch.ids), batch.index.clone(), batch.puzzle_ids.clone(),
-                fresh.y, fresh.z, zeros, self.draw_min_steps(B), zeros.bool(),
+                fresh.y, fresh.z, zeros, zeros.clone(), zeros.bool(),
             )  # fmt: skip
             return
         c = self.carry
@@ -274,7 +293,7 @@ class HybridReasonerModule(pl.LightningModule):
         refilled = set(rows)
         c.ids = [batch.ids[i] if i in refilled else c.ids[i] for i in range(B)]
         c.y[idx], c.z[idx] = fresh.y.to(c.y.dtype), fresh.z.to(c.z.dtype)
-        c.steps[idx], c.min_steps[idx], c.halted[idx] = 0, self.draw_min_steps(len(rows)), False
+        c.steps[idx], c.min_steps[idx], c.halted[idx] = 0, 0, False
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Refill halted slots, run one supervision step on every slot, decide halting; return the loss."""
@@ -310,6 +329,7 @@ class HybridReasonerModule(pl.LightningModule):
         c.y, c.z = out.carry
         c.steps = c.steps + 1
         halt = out.halt_logits.detach() > 0
+        c.min_steps = self.draw_min_steps(len(c.ids))  # TRM redraws the exploration minimum at every step
         c.halted = (c.steps >= cfg.halt_max_steps) | (halt & (c.steps >= c.min_steps))
         mask = c.labels != IGNORE
         cells = ((out.logits.detach().argmax(-1) == c.labels) & mask).sum(-1).float() / mask.sum(-1).clamp_min(1)
