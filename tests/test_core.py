@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrid_reason.model.core import Block, Carry, CoreConfig, RecursiveCore, rms_norm, swiglu_width
+from hybrid_reason.model.core import Carry, CoreConfig, RecursiveCore, rms_norm, swiglu_width
 
 
 def make_core(mixer="attention", n=2, T=3, layers=2, seq=9, d=32, seed=0):
@@ -138,4 +138,24 @@ def test_bad_core_config_names_the_key():
         CoreConfig(mixer="conv")
     with pytest.raises(ValueError, match="core.d_model 30 is not divisible by core.num_heads 8"):
         CoreConfig(d_model=30)
-    assert isinstance(Block(CoreConfig(d_model=32, num_heads=4), 5), Block)
+
+
+def test_unrolled_core_is_a_stack_of_distinct_blocks_all_under_grad():
+    """The `deep` control: T(n+1)L distinct blocks, each called once per step, every call with grad."""
+    n, T, layers = 2, 3, 2
+    torch.manual_seed(0)
+    deep = RecursiveCore(CoreConfig(d_model=32, num_heads=4, num_layers=layers, n=n, T=T, unrolled=True), 9)
+    shared = make_core(n=n, T=T, layers=layers)
+    assert len(deep.blocks) == T * (n + 1) * layers
+    block_params = lambda core: sum(p.numel() for p in core.blocks.parameters())  # noqa: E731
+    assert block_params(deep) == T * (n + 1) * block_params(shared)
+    calls = {id(b): 0 for b in deep.blocks}
+    hooks = [b.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls[id(m)] + 1)) for b in deep.blocks]
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    modes = grad_modes_of_block_calls(deep, x, deep.initial_carry(2))
+    for h in hooks:
+        h.remove()
+    assert modes == [True] * (T * (n + 1) * layers) and set(calls.values()) == {1}
+    _, y = deep.deep_recursion(x, deep.initial_carry(2))
+    y.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in deep.blocks[0].parameters())

@@ -8,6 +8,10 @@ One small network ``f`` (L post-norm blocks) is applied over and over:
 ``y`` is the answer state (TRM's z_H) and ``z`` the latent (TRM's z_L). The carry (y, z) returned
 by ``deep_recursion`` is detached, so every supervision step backpropagates through one latent
 recursion only: (n + 1) * L block calls with grad out of T * (n + 1) * L.
+
+``unrolled=True`` is the non-recursive control (the ``deep`` baseline of the evaluation suites): the
+same T * (n + 1) calls, each with its own L blocks (T * (n + 1) * L distinct blocks), all under grad.
+It has the recursion's depth per supervision step without its weight sharing or truncated backprop.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class CoreConfig:
     T: int = 3  # cycles per supervision step (TRM's H_cycles)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    unrolled: bool = False  # distinct blocks for every call of f, full backprop (the `deep` baseline)
 
     def __post_init__(self) -> None:
         if self.mixer not in ("attention", "mlp"):
@@ -183,13 +188,15 @@ class Block(nn.Module):
 
 
 class RecursiveCore(nn.Module):
-    """TRM's recursion with one shared network ``f`` for both the latent and the answer update."""
+    """TRM's recursion with one shared network ``f`` for both the latent and the answer update (or, with
+    ``cfg.unrolled``, a distinct network for every call)."""
 
     def __init__(self, cfg: CoreConfig, seq_len: int):
         super().__init__()
         self.cfg = cfg
         self.seq_len = seq_len
-        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(cfg.num_layers))
+        networks = cfg.T * (cfg.n + 1) if cfg.unrolled else 1
+        self.blocks = nn.ModuleList(Block(cfg, seq_len) for _ in range(networks * cfg.num_layers))
         # The initial carry: fixed random vectors (truncated normal, std 1), saved with the model.
         self.register_buffer("y_init", trunc_normal_(torch.empty(cfg.d_model), 1.0))
         self.register_buffer("z_init", trunc_normal_(torch.empty(cfg.d_model), 1.0))
@@ -207,28 +214,33 @@ class RecursiveCore(nn.Module):
         head_dim = self.cfg.d_model // self.cfg.num_heads
         return rope_cos_sin(h.shape[1], head_dim, self.cfg.rope_theta, h.device)
 
-    def f(self, h: Tensor, injection: Tensor, rope) -> Tensor:
-        """The shared network: blocks over (h + injection), input injection is additive."""
+    def f(self, h: Tensor, injection: Tensor, rope, call: int = 0) -> Tensor:
+        """The network: L blocks over (h + injection), input injection is additive. ``call`` numbers the
+        calls of one supervision step; it picks the blocks only when the core is unrolled."""
+        L = self.cfg.num_layers
+        blocks = self.blocks[call * L : (call + 1) * L] if self.cfg.unrolled else self.blocks
         h = h + injection
-        for block in self.blocks:
+        for block in blocks:
             h = block(h, rope)
         return h
 
-    def latent_recursion(self, x: Tensor, y: Tensor, z: Tensor, rope) -> tuple[Tensor, Tensor]:
+    def latent_recursion(self, x: Tensor, y: Tensor, z: Tensor, rope, cycle: int = 0) -> tuple[Tensor, Tensor]:
         """n latent updates z <- f(z + y + x), then one answer update y <- f(y + z)."""
-        for _ in range(self.cfg.n):
-            z = self.f(z, y + x, rope)
-        y = self.f(y, z, rope)
+        first = cycle * (self.cfg.n + 1)
+        for i in range(self.cfg.n):
+            z = self.f(z, y + x, rope, first + i)
+        y = self.f(y, z, rope, first + self.cfg.n)
         return y, z
 
     def deep_recursion(self, x: Tensor, carry: Carry) -> tuple[Carry, Tensor]:
-        """One supervision step: T cycles, only the last under grad. Returns (detached carry, y)."""
+        """One supervision step: T cycles, only the last under grad (all of them when unrolled).
+        Returns (detached carry, y)."""
         y, z = carry
         rope = self.rope(x)
-        with torch.no_grad():
-            for _ in range(self.cfg.T - 1):
-                y, z = self.latent_recursion(x, y, z, rope)
-        y, z = self.latent_recursion(x, y, z, rope)
+        with torch.set_grad_enabled(self.cfg.unrolled and torch.is_grad_enabled()):
+            for cycle in range(self.cfg.T - 1):
+                y, z = self.latent_recursion(x, y, z, rope, cycle)
+        y, z = self.latent_recursion(x, y, z, rope, self.cfg.T - 1)
         return Carry(y.detach(), z.detach()), y
 
     def forward(self, x: Tensor, carry: Carry) -> tuple[Carry, Tensor]:
