@@ -10,13 +10,17 @@ import pytest
 
 import hybrid_reason  # noqa: F401
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
+from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.evaluation import llm as B
+from hybrid_reason.evaluation.commands import baseline_main
 from hybrid_reason.tasks import build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-            "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
 SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_validation": 10, "num_test": 30}
 
 
@@ -66,8 +70,8 @@ def test_unfinished_replies_are_wrong_even_when_they_hold_the_answer():
     task = build_task(**SORT)
     row = task.load("test")[0]
     answer = " ".join(map(str, task.target(row)))
-    finished = B._score(task, row, [B.Reply(answer, 5, True)], [1])
-    unfinished = B._score(task, row, [B.Reply(answer, 5, False)], [1])
+    finished = B.score_replies(task, row, [B.Reply(answer, 5, True)], [1])
+    unfinished = B.score_replies(task, row, [B.Reply(answer, 5, False)], [1])
     assert finished.solved[1] and not unfinished.solved[1] and unfinished.candidates == []
 
 
@@ -75,7 +79,9 @@ def test_sampled_attempts_are_voted_most_frequent_first():
     task = build_task(**SORT)
     row = task.load("test")[0]
     right, wrong = " ".join(map(str, task.target(row))), "0 0 0 0"
-    result = B._score(task, row, [B.Reply(wrong, 3, True), B.Reply(right, 3, True), B.Reply(right, 3, True)], [1, 2])
+    result = B.score_replies(
+        task, row, [B.Reply(wrong, 3, True), B.Reply(right, 3, True), B.Reply(right, 3, True)], [1, 2]
+    )
     assert result.solved == {1: True, 2: True} and result.candidates[0].votes == 2
 
 
@@ -131,24 +137,35 @@ def test_random_model_replies_are_bounded_counted_wrong_and_never_crash(lm, kind
 def test_sampling_gives_n_bounded_attempts_per_puzzle(lm):
     task = build_task(**SORT)
     rows = task.load("test").select(range(3))
-    settings = B.GenerationSettings(max_new_tokens=6, temperature=1.0, attempts=3, batch_size=3, seed=1)
-    result = B.run_baseline(lm, task, rows, "cot", settings, progress=False)
+    settings = B.GenerationSettings(max_new_tokens=6, temperature=1.0, attempts=3, batch_size=3)
+    result = B.run_baseline(lm, task, rows, "cot", settings, progress=False, seed=1)
     assert [len(rs) for rs in result.replies] == [3, 3, 3]
     assert all(r.tokens <= 6 for rs in result.replies for r in rs)
-    again = B.run_baseline(lm, task, rows, "cot", settings, progress=False)
+    again = B.run_baseline(lm, task, rows, "cot", settings, progress=False, seed=1)
     assert [r.text for rs in again.replies for r in rs] == [r.text for rs in result.replies for r in rs]  # seeded
 
 
 # ------------------------------------------------------------------------------ command line
-def test_baseline_command_on_a_hybrid_folder_uses_its_backbone_and_task(lm_dir, tmp_path):
+def save_hybrid(lm_dir, path, T, n, n_sup):
+    """A HybridReasoner on the tiny LM, trained on nothing, saved as a model folder of the SORT task."""
     task = build_task(**SORT)
-    config = HybridReasonerConfig(backbone={"name": lm_dir, "hidden_layer": 1}, task=SORT,
-                                  core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1},
-                                  answer_vocab_size=task.vocab_size, num_slots=task.num_slots, halt_max_steps=1)
-    HybridReasoner(config).save_pretrained(tmp_path / "hybrid")
+    core = {"d_model": 16, "num_heads": 2, "num_layers": 1, "n": n, "T": T}
+    config = HybridReasonerConfig(
+        backbone={"name": lm_dir, "hidden_layer": 1},
+        task=SORT,
+        core=core,
+        answer_vocab_size=task.vocab_size,
+        num_slots=task.num_slots,
+        halt_max_steps=n_sup,
+    )
+    HybridReasoner(config).save_pretrained(path)
+
+
+def test_baseline_command_on_a_hybrid_folder_uses_its_backbone_and_task(lm_dir, tmp_path):
+    save_hybrid(lm_dir, tmp_path / "hybrid", T=1, n=1, n_sup=1)
     out = tmp_path / "out"
-    result = B.main(["direct", "--model", str(tmp_path / "hybrid"), "--limit", "3", "--max-new-tokens", "5",
-                     "--out", str(out), "--no-progress"])
+    flags = "--limit 3 --max_new_tokens 5 --progress false --threads 1".split()
+    result = baseline_main(["direct", "--model", str(tmp_path / "hybrid"), "--out", str(out), *flags])
     assert result.model == lm_dir and result.task == "sort" and result.puzzles == 3
     assert sorted(os.listdir(out)) == ["metrics.json", "per_task.csv", "replies.jsonl"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -157,13 +174,54 @@ def test_baseline_command_on_a_hybrid_folder_uses_its_backbone_and_task(lm_dir, 
 
 
 def test_fixed_depth_command_rejects_a_recursive_model(lm_dir, tmp_path):
-    task = build_task(**SORT)
-    config = HybridReasonerConfig(backbone={"name": lm_dir, "hidden_layer": 1}, task=SORT,
-                                  core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 2, "T": 2},
-                                  answer_vocab_size=task.vocab_size, num_slots=task.num_slots, halt_max_steps=4)
-    HybridReasoner(config).save_pretrained(tmp_path / "deep")
-    with pytest.raises(SystemExit, match="is not fixed-depth: T=2, n=2, halt_max_steps=4"):
-        B.main(["fixed-depth", "--model", str(tmp_path / "deep")])
+    save_hybrid(lm_dir, tmp_path / "deep", T=2, n=2, n_sup=4)
+    with pytest.raises(HybridReasonError, match=r"is not fixed-depth \(T=2, n=2, halt_max_steps=4"):
+        baseline_main(["fixed-depth", "--model", str(tmp_path / "deep")])
+
+
+def test_fixed_depth_command_evaluates_a_single_step_model_with_the_flags_given(lm_dir, tmp_path):
+    save_hybrid(lm_dir, tmp_path / "fixed", T=1, n=1, n_sup=1)
+    out = tmp_path / "out"
+    flags = "--limit 4 --split validation --progress false".split()
+    ev = baseline_main(["fixed-depth", "--model", str(tmp_path / "fixed"), "--out", str(out), *flags])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert ev.puzzles == metrics["puzzles"] == 4 and metrics["split"] == "validation" and metrics["steps"] == 1
+    assert "hybrid-reason baseline fixed-depth" in metrics["command"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--max_new_tokens", "0"],
+        ["--attempts", "0"],
+        ["--limit", "-1"],
+        ["--batch_size", "0"],
+        ["--threads", "0"],
+        ["--dtype", "float8"],
+    ],
+)
+def test_baseline_flags_are_refused_when_parsed(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as exit_:
+        baseline_main(["cot", "--model", str(tmp_path / "nowhere"), *flags])
+    assert exit_.value.code == 2 and f'"{flags[0][2:]}"' in capsys.readouterr().err
+
+
+def test_sampled_attempts_without_temperature_are_refused_before_loading(tmp_path):
+    with pytest.raises(HybridReasonError, match="attempts=3 needs temperature > 0"):
+        baseline_main(["cot", "--model", str(tmp_path / "nowhere"), "--attempts", "3"])
+
+
+def test_baseline_reports_its_token_cap_and_the_replies_that_hit_it(lm_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    flags = "--task sort --limit 4 --max_new_tokens 3 --progress false".split()
+    result = baseline_main(
+        ["cot", "--model", lm_dir, "--option", "{length: 6, min_length: 4}", "--out", str(out), *flags]
+    )
+    hit = result.metrics["unfinished"]
+    assert hit == sum(not r.finished for rs in result.replies for r in rs) / 4
+    assert f"{100 * hit:.0f}% of replies hit the 3-token cap" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["max_new_tokens"] == 3 and metrics["metrics"]["unfinished"] == hit
 
 
 @pytest.mark.slow

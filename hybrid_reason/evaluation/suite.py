@@ -1,140 +1,206 @@
 """Evaluation suites: run several systems on the same puzzles and write one report.
 
-    hybrid-reason compare --suite eval/suites/cpu_demo.yaml      # -> eval/results/cpu_demo/report.md, report.png
-
 A suite YAML names a task (default: the first hybrid model's own), a split, a puzzle limit and a list
 of systems. Each system is a trained HybridReasoner folder (``kind: hybrid`` or ``fixed-depth``) or an
 LLM baseline (``kind: cot`` or ``direct``; its ``model`` defaults to the first hybrid's backbone).
 A system's ``limit`` takes the first puzzles of the suite's, so every system sees the same puzzles and
-the report also scores all systems on the puzzles they have in common. Unknown keys are errors that
-name the key. Results are written only when every system has run, each file atomically.
+the report also scores all systems on the puzzles they have in common. The file is checked against
+the dataclasses below by jsonargparse, the machinery of the command line: an unknown key, a missing
+one or a value of the wrong type is a one-line error naming it. The report folder is written only
+when every system has run, and swapped in whole (``report.write_result_folder``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import re
 import sys
 import time
+import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse.typing import PositiveInt
 
-from ..utils.atomic_io import atomic_write, save_figure, write_json
-from .hybrid import (build_task_spec, check_model_task, curve_table, quiet_transformers, resolve_split,
-                         select_rows)
-from ..utils.typecheck import fits
+from ..errors import HybridReasonError
+from .hybrid import evaluate_model
+from .llm import GenerationSettings, load_language_model, run_baseline
+from .models import check_fixed_depth, check_model_task, load_model, model_budget, model_config
+from .puzzles import load_rows, resolve_split, select_rows
+from .report import SUITE_FILES, check_result_folder, suite_files, write_result_folder
+from .runtime import default_device, torch_threads
+from .scoring import group_mean
 
-HYBRID_KINDS = ("hybrid", "fixed-depth")
-LLM_KINDS = ("cot", "direct")
+Split = Literal["train", "validation", "test", "eval", "evaluation"]
 
 
 # ============================================================================ suite files
-@dataclass
+@dataclass(kw_only=True)
 class HybridEntry:
-    """A trained HybridReasoner. ``fixed-depth`` additionally requires T = n = N_sup = 1.
+    """A trained HybridReasoner (``kind: hybrid``), or one checked to be single-step (``fixed-depth``).
 
-    steps: the scored supervision step (default N_sup). curve_steps: test-time compute curve length
-    (default 2 x N_sup). augmentations: voted views per puzzle.
+    Args:
+        name: the system's name in the report
+        model: a saved HybridReasoner folder
+        kind: hybrid, or fixed-depth (checked: T = n = N_sup = 1)
+        limit: only the first puzzles of the suite's (so every system sees the same puzzles)
+        steps: the supervision step whose answer is scored (default: N_sup)
+        curve_steps: length of the test-time compute curve (default: 2 x steps)
+        augmentations: voted views per puzzle
+        batch_size: views per batch
     """
 
     name: str
     model: str
     kind: Literal["hybrid", "fixed-depth"] = "hybrid"
-    limit: int | None = None
-    steps: int | None = None
-    curve_steps: int | None = None
-    augmentations: int = 1
-    batch_size: int = 32
+    limit: PositiveInt | None = None
+    steps: PositiveInt | None = None
+    curve_steps: PositiveInt | None = None
+    augmentations: PositiveInt = 1
+    batch_size: PositiveInt = 32
 
 
-@dataclass
-class LLMEntry:
-    """A chain-of-thought or direct-answer baseline (see ``baselines.py``); model: hub id, folder,
-    .gguf or alias (default: the suite's first hybrid backbone). Budget: max_new_tokens (default
-    cot 512, direct 256), temperature (0 = greedy), top_p, attempts (sampled replies per puzzle)."""
+@dataclass(kw_only=True)
+class LLMEntry(GenerationSettings):
+    """A chain-of-thought or direct-answer baseline: ``GenerationSettings`` plus what it runs.
+
+    Args:
+        name: the system's name in the report
+        kind: cot or direct
+        model: hub id, folder, .gguf or alias (default: the suite's first hybrid's backbone)
+        limit: only the first puzzles of the suite's
+        dtype: the LM's weights (float32 on CPU)
+        chat_template: a Jinja chat template, for a model that ships none
+    """
 
     name: str
     kind: Literal["cot", "direct"]
     model: str | None = None
-    limit: int | None = None
-    max_new_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    attempts: int = 1
-    batch_size: int = 8
-    dtype: str = "float32"
-    chat_template: str | None = None  # Jinja, for a model that ships none
+    limit: PositiveInt | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template: str | None = None
+
+    @property
+    def settings(self) -> GenerationSettings:
+        """The entry's generation settings, with the kind's reply budget when none is given."""
+        return GenerationSettings(**{f.name: getattr(self, f.name) for f in fields(GenerationSettings)}).for_kind(
+            self.kind
+        )
 
 
 @dataclass
 class Suite:
-    """A suite: what to run and on which puzzles."""
+    """A suite: what to run and on which puzzles.
+
+    Args:
+        name: the suite (default: the file name); results go to eval/results/NAME
+        systems: the systems to compare
+        task: the task section {name: ..., option: value} (default: the first hybrid model's own)
+        split: train, validation or test ('eval' = test)
+        limit: the first puzzles of the split (ARC: tasks)
+        seed: seeds the augmentations and the LLMs' sampling
+        device: where the systems run (default: cuda when visible)
+        threads: torch CPU threads (default: torch's)
+        description: a paragraph copied into the report
+        output: the report folder (default: eval/results/NAME)
+    """
 
     name: str
     systems: list[HybridEntry | LLMEntry]
-    task: dict | None = None
-    split: str = "test"
-    limit: int | None = None
+    task: dict[str, Any] | None = None
+    split: Split = "test"
+    limit: PositiveInt | None = None
     seed: int = 0
     device: str | None = None
-    threads: int | None = None  # torch CPU threads (default: torch's)
+    threads: PositiveInt | None = None
     description: str = ""
-    output: str | None = None  # default eval/results/<name>
+    output: str | None = None
 
 
-def _typed(cls: type, data: Any, where: str):
-    """``cls(**data)``, naming ``where`` and the key on unknown keys, missing keys and wrong types."""
+ENTRIES: dict[str, type] = {"hybrid": HybridEntry, "fixed-depth": HybridEntry, "cot": LLMEntry, "direct": LLMEntry}
+
+
+def _type_name(hint: Any) -> str:
+    """A readable name of a field's type: ``int > 0 | null``, ``one of cot, direct``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    return {type(None): "null", PositiveInt: "int > 0"}.get(hint) or getattr(hint, "__name__", str(hint))
+
+
+def _field_names(cls: type) -> list[str]:
+    """A dataclass's fields, its own first (then those it inherits)."""
+    own = list(cls.__dict__.get("__annotations__", {}))
+    return own + [f.name for f in fields(cls) if f.name not in own]
+
+
+def parse_typed(cls: type, data: Any, where: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` from a plain mapping, typed and checked by jsonargparse: an
+    unknown or missing key or a value of the wrong type is a one-line error naming ``where`` and the key."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    for key, value in data.items():
-        if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(known)}")
-        if key != "systems" and not fits(value, hints[key]):
-            raise ValueError(f"{where}.{key}: {value!r} is not {str(hints[key]).replace('typing.', '')}")
-    missing = [f.name for f in known.values() if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        raise HybridReasonError(f"{where}: expected a mapping, got {data!r}")
+    known = _field_names(cls)
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise HybridReasonError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in data]
     if missing:
-        raise ValueError(f"{where}: missing key {missing[0]!r}")
-    return cls(**data)
+        raise HybridReasonError(f"{where}: missing key {missing[0]!r}")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, skip=set(skip))
+    try:
+        return parser.parse_object({k: v for k, v in data.items() if k not in skip}).as_dict()
+    except ArgumentError as err:
+        key = re.search(r'Parser key "([^"]+)"', str(err))
+        if key is None:
+            raise HybridReasonError(f"{where}: {str(err).splitlines()[0]}") from None
+        hint = typing.get_type_hints(cls)[key.group(1)]
+        raise HybridReasonError(
+            f"{where}.{key.group(1)}: {data.get(key.group(1))!r} is not {_type_name(hint)}"
+        ) from None
 
 
 def _entry(data: Any, where: str) -> HybridEntry | LLMEntry:
     """A system entry, typed by its ``kind``."""
     kind = data.get("kind", "hybrid") if isinstance(data, dict) else None
-    if kind in HYBRID_KINDS:
-        return _typed(HybridEntry, data, where)
-    if kind in LLM_KINDS:
-        return _typed(LLMEntry, data, where)
-    raise ValueError(f"{where}.kind: {kind!r} is not one of {', '.join(HYBRID_KINDS + LLM_KINDS)}")
+    if kind not in ENTRIES:
+        raise HybridReasonError(f"{where}.kind: {kind!r} is not one of {', '.join(ENTRIES)}")
+    cls = ENTRIES[kind]
+    values = parse_typed(cls, data, where)
+    try:
+        return cls(**values)
+    except HybridReasonError as err:  # a check across fields (e.g. attempts without temperature)
+        raise HybridReasonError(f"{where}: {err}") from None
 
 
 def load_suite(path: str) -> Suite:
     """Read and check a suite YAML file."""
     import yaml
 
-    with open(path) as f:
-        data = yaml.safe_load(f)
     where = f"suite {path}"
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise HybridReasonError(f"{where}: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping at the top level")
-    data = dict(data)
-    data.setdefault("name", Path(path).stem)
-    suite = _typed(Suite, data, where)
-    if not isinstance(suite.systems, list) or not suite.systems:
-        raise ValueError(f"{where}.systems: expected a non-empty list of systems")
-    suite.systems = [_entry(s, f"{where}.systems[{i}]") for i, s in enumerate(suite.systems)]
+        raise HybridReasonError(f"{where}: expected a mapping at the top level")
+    data = {"name": Path(path).stem} | data
+    systems = data.get("systems")
+    if not isinstance(systems, list) or not systems:
+        raise HybridReasonError(f"{where}.systems: expected a non-empty list of systems")
+    top = parse_typed(Suite, data, where, skip=frozenset({"systems"}))
+    suite = Suite(**top, systems=[_entry(s, f"{where}.systems[{i}]") for i, s in enumerate(systems)])
     names = [s.name for s in suite.systems]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"{where}.systems: duplicate system name {dupes[0]!r}")
+        raise HybridReasonError(f"{where}.systems: duplicate system name {dupes[0]!r}")
     return suite
 
 
@@ -161,39 +227,53 @@ class SystemReport:
     n_sup: int | None = None
     curve: list[dict[str, float]] | None = None
     curve_flops: list[float] | None = None
+    max_new_tokens: int | None = None  # LLMs: the reply budget
+
+
+def _solved(results: list, headline: str) -> dict[str, bool]:
+    """Puzzle id -> solved by the headline metric."""
+    return {r.id: r.solved[2 if headline == "pass@2" else 1] for r in results}
 
 
 class Runner:
-    """Runs a suite's systems, sharing one frozen backbone between hybrids that use the same one."""
+    """Runs a suite's systems on one task, sharing one frozen backbone between hybrids that use the same one."""
 
     def __init__(self, suite: Suite, progress: bool = True):
         self.suite, self.progress = suite, progress
-        self.device = suite.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = suite.device or default_device()
         self.backbones: dict[str, Any] = {}
         self.task_spec = suite.task or self._first_hybrid_config().task
         if not self.task_spec:
-            raise ValueError(f"suite {suite.name}: no task given and the first hybrid model has none")
+            raise HybridReasonError(f"suite {suite.name}: no task given and the first hybrid model has none")
         self.split = resolve_split(suite.split)
+        self._task = None
 
     def _first_hybrid_config(self):
         """The config of the first hybrid system (for the default task and LLM)."""
-        from ..model.configuration import HybridReasonerConfig
-
         for entry in self.suite.systems:
             if isinstance(entry, HybridEntry):
-                _require_model_folder(entry)
-                return HybridReasonerConfig.from_pretrained(entry.model)
-        raise ValueError(f"suite {self.suite.name}: give a task (no hybrid system to take it from)")
+                return model_config(entry.model, f"system {entry.name!r}: model")
+        raise HybridReasonError(f"suite {self.suite.name}: give a task (no hybrid system to take it from)")
 
-    def rows(self, task, limit: int | None):
+    @property
+    def task(self):
+        """The suite's task, built once."""
+        from ..tasks import task_from_spec
+
+        if self._task is None:
+            self._task = task_from_spec(self.task_spec, f"suite {self.suite.name}: task")
+        return self._task
+
+    def rows(self, limit: int | None, budget=None):
         """The suite's puzzles, cut to the system's limit (never beyond the suite's)."""
-        rows = select_rows(task.load(self.split), self.suite.limit)
-        return select_rows(rows, limit) if limit is not None else rows
+        return select_rows(load_rows(self.task, self.split, self.suite.limit, budget), limit)
 
     def run(self, entry: HybridEntry | LLMEntry) -> tuple[SystemReport, Any]:
         """Run one system; returns its report row and its raw result (for its own files)."""
         t0 = time.perf_counter()
         report, raw = self.run_hybrid(entry) if isinstance(entry, HybridEntry) else self.run_llm(entry)
+        if not all(r.scored for r in raw.results):
+            raise HybridReasonError(f"suite {self.suite.name}: split {self.split!r} has puzzles without targets")
         report.wall_seconds = time.perf_counter() - t0
         return report, raw
 
@@ -208,233 +288,105 @@ class Runner:
 
     def run_hybrid(self, entry: HybridEntry) -> tuple[SystemReport, Any]:
         """Evaluate a trained model with ``evaluate_model``."""
-        from .hybrid import evaluate_model, load_model
-
-        _require_model_folder(entry)
-        model = load_model(entry.model, self.device)
-        core = model.config.core_config
-        if entry.kind == "fixed-depth" and (core.T, core.n, model.config.halt_max_steps) != (1, 1, 1):
-            raise ValueError(f"system {entry.name!r}: {entry.model} is not fixed-depth (T={core.T}, n={core.n}, "
-                             f"halt_max_steps={model.config.halt_max_steps}; all must be 1)")
-        task = build_task_spec(self.task_spec)
-        check_model_task(model.config, task, entry.model)
-        if not os.path.isdir(os.path.join(entry.model, "backbone_lora")):  # a LoRA backbone is the model's own
+        who = f"system {entry.name!r}: model"
+        config = model_config(entry.model, who)
+        if entry.kind == "fixed-depth":
+            check_fixed_depth(config, f"system {entry.name!r}: {entry.model}")
+        check_model_task(config, self.task, entry.model)
+        model = load_model(entry.model, self.device, who)
+        if not (Path(entry.model) / "backbone_lora").is_dir():  # a LoRA backbone is the model's own
             model.attach_backbone(self.backbone_for(model))
-        ev = evaluate_model(model, task, self.rows(task, entry.limit), split=self.split,
-                            augmentations=entry.augmentations, steps=entry.steps, curve_steps=entry.curve_steps,
-                            batch_size=entry.batch_size, seed=self.suite.seed, progress=self.progress)
+        ev = evaluate_model(
+            model,
+            self.task,
+            self.rows(entry.limit, model_budget(model)),
+            split=self.split,
+            augmentations=entry.augmentations,
+            steps=entry.steps,
+            curve_steps=entry.curve_steps,
+            batch_size=entry.batch_size,
+            seed=self.suite.seed,
+            progress=self.progress,
+        )
         s = ev.summary()
         report = SystemReport(
             entry.name, entry.kind, entry.model, ev.puzzles, ev.headline, ev.metrics, s["trainable_params"],
             s["total_params"], ev.seconds_per_puzzle(), 0.0, ev.backbone_flops_per_puzzle(), ev.flops_per_puzzle(),
-            {r.id: r.solved[2 if ev.headline == "pass@2" else 1] for r in ev.results}, {r.id: r.group for r in ev.results},
+            _solved(ev.results, ev.headline), {r.id: r.group for r in ev.results},
             n_sup=ev.n_sup, curve=ev.curve, curve_flops=[ev.flops_per_puzzle(row["step"]) for row in ev.curve],
         )  # fmt: skip
         return report, ev
 
-    def default_lm(self) -> str:
-        """The first hybrid's backbone name (the LLM that the hybrid reads with)."""
-        return self._first_hybrid_config().backbone["name"]
-
     def run_llm(self, entry: LLMEntry) -> tuple[SystemReport, Any]:
         """Run a chain-of-thought or direct-answer baseline with ``run_baseline``."""
-        from .llm import DEFAULT_MAX_NEW_TOKENS, GenerationSettings, load_language_model, run_baseline
-
-        settings = GenerationSettings(entry.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[entry.kind], entry.temperature,
-                                      entry.top_p, entry.attempts, entry.batch_size, self.suite.seed)
-        lm = load_language_model(entry.model or self.default_lm(), self.device, entry.dtype, entry.chat_template)
-        task = build_task_spec(self.task_spec)
-        result = run_baseline(lm, task, self.rows(task, entry.limit), entry.kind, settings, self.split, self.progress)
+        name = entry.model or self._first_hybrid_config().backbone["name"]
+        lm = load_language_model(name, self.device, entry.dtype, entry.chat_template)
+        result = run_baseline(
+            lm,
+            self.task,
+            self.rows(entry.limit),
+            entry.kind,
+            entry.settings,
+            self.split,
+            self.progress,
+            seed=self.suite.seed,
+        )
         report = SystemReport(
             entry.name, entry.kind, lm.name, result.puzzles, result.headline, result.metrics, 0, lm.params,
             result.seconds_per_puzzle(), result.tokens_per_puzzle(), result.flops_per_puzzle(), result.flops_per_puzzle(),
-            {r.id: r.solved[2 if result.headline == "pass@2" else 1] for r in result.results},
-            {r.id: r.group for r in result.results},
+            _solved(result.results, result.headline), {r.id: r.group for r in result.results},
+            max_new_tokens=result.settings.max_new_tokens,
         )  # fmt: skip
         return report, result
 
 
-def _require_model_folder(entry: HybridEntry) -> None:
-    """A one-line error when a suite's model folder does not exist."""
-    if not os.path.isfile(os.path.join(entry.model, "config.json")):
-        raise ValueError(f"system {entry.name!r}: model {entry.model!r} is not a saved HybridReasoner folder "
-                         "(train and export it first: see docs/evaluation.md)")
-
-
-# ============================================================================ common puzzles
 def common_scores(reports: list[SystemReport]) -> tuple[int, dict[str, float]]:
     """Headline score of each system on the puzzles every system ran (ARC: mean over tasks)."""
     common = set.intersection(*(set(r.solved) for r in reports)) if reports else set()
-    scores = {}
-    for r in reports:
-        groups: dict[str, list[bool]] = {}
-        for pid in common:
-            groups.setdefault(r.group[pid], []).append(r.solved[pid])
-        scores[r.name] = sum(sum(v) / len(v) for v in groups.values()) / len(groups) if groups else 0.0
-    return len(common), scores
+    return len(common), {r.name: group_mean((r.group[pid], r.solved[pid]) for pid in common) for r in reports}
 
 
-# ============================================================================ the report
-def _fmt_count(n: float) -> str:
-    """A compact count: 1.2M, 35.1K, 3.4G."""
-    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.3g}"
-
-
-def report_table(reports: list[SystemReport]) -> str:
-    """The markdown table: one row per system."""
-    arc = any(r.headline == "pass@2" for r in reports)
-    n_common, common = common_scores(reports)
-    exact = "exact (pass@2)" if arc else "exact"
-    head = ["system", "kind", "puzzles", exact] + (["pass@1"] if arc else []) + [
-        f"exact on the {n_common} common", "cell accuracy", "trainable params", "total params", "s / puzzle",
-        "generated tokens / puzzle", "backbone FLOPs / puzzle", "total FLOPs / puzzle"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-    for r in reports:
-        m = r.metrics
-        cells = [r.name, r.kind, str(r.puzzles), f"{100 * m[r.headline]:.1f}%"]
-        cells += [f"{100 * m['exact']:.1f}%"] if arc else []
-        cells += [f"{100 * common[r.name]:.1f}%", f"{100 * m['cell']:.1f}%", _fmt_count(r.trainable_params),
-                  _fmt_count(r.total_params), f"{r.seconds_per_puzzle:.3f}", f"{r.tokens_per_puzzle:.1f}",
-                  _fmt_count(r.backbone_flops_per_puzzle), _fmt_count(r.flops_per_puzzle)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def report_markdown(suite: Suite, reports: list[SystemReport], command: str, wall: float, task_spec: dict) -> str:
-    """report.md: the command, the setting, the table, the hybrids' curves and the cost formulas."""
-    lines = [f"# Suite `{suite.name}`", "", suite.description.strip(), "",
-             f"Produced by `{command}` in {wall / 60:.1f} min wall time on {machine()}.", "",
-             f"Task `{json.dumps(task_spec)}`, split `{resolve_split(suite.split)}`, seed {suite.seed}.", "",
-             report_table(reports), "",
-             "Exact = whole answer right (ARC: the ARC Prize score with 2 attempts, a mean over tasks); cell = "
-             "fraction of answer cells right in attempt 1. Unfinished or unparseable LLM replies count as wrong. "
-             "Backbone FLOPs: 2 x (parameters of the LM blocks that run) x tokens (prompt only for the hybrid, "
-             "prompt + generated for the LLMs, whose LM head counts too); total adds the recursive core "
-             "(see docs/evaluation.md). Seconds are wall time per puzzle, batched, after loading.", ""]
-    for r in reports:
-        if r.curve:
-            keys = [k for k in r.curve[0] if k not in ("step", "halt_step")]
-            lines += [f"## Test-time compute: {r.name}", "", f"N_sup = {r.n_sup}; answer read at N_sup in the table above.",
-                      "", curve_table(r.curve, r.n_sup, keys), ""]
-    unfinished = [r for r in reports if "unfinished" in r.metrics]
-    if unfinished:
-        lines += ["## LLM replies", "", "| system | unfinished (hit max_new_tokens) | finished but unparseable |",
-                  "|---|---:|---:|"]
-        lines += [f"| {r.name} | {100 * r.metrics['unfinished']:.0f}% | {100 * r.metrics['unparsed']:.0f}% |" for r in unfinished]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    """A one-line description of where the suite ran."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    threads = torch.get_num_threads()
-    return f"{device}, torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}, {platform.system()}"
-
-
-def plot_report(reports: list[SystemReport], path: Path, title: str) -> None:
-    """report.png: accuracy against FLOPs per puzzle (left) and the hybrids' test-time compute curves (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in reports:
-        point = left.scatter([r.flops_per_puzzle], [100 * r.metrics[r.headline]], s=50, zorder=3, label=r.name)
-        if r.curve:
-            left.plot(r.curve_flops, [100 * row[r.headline] for row in r.curve], color=point.get_facecolor()[0],
-                      alpha=0.5, linewidth=1)
-            right.plot([row["step"] for row in r.curve], [100 * row[r.headline] for row in r.curve], marker="o",
-                       markersize=3, color=point.get_facecolor()[0], label=f"{r.name} (N_sup={r.n_sup})")
-            right.axvline(r.n_sup, color=point.get_facecolor()[0], linestyle="--", linewidth=0.8)
-    left.set_xscale("log")
-    left.set_xlabel("FLOPs per puzzle (log)")
-    left.set_ylabel(f"{reports[0].headline} accuracy (%)")
-    left.set_title("accuracy against compute (lines: hybrid after 1, 2, ... steps)")
-    right.set_xlabel("supervision steps (dashed: N_sup)")
-    right.set_ylabel(f"{reports[0].headline} accuracy (%)")
-    right.set_title("test-time compute curve")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.set_ylim(-3, 103)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def _slug(name: str) -> str:
-    """A folder name for a system."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "system"
-
-
-def write_report(suite: Suite, reports: list[SystemReport], raws: list[Any], out: Path, command: str, wall: float,
-                 task_spec: dict) -> None:
-    """Write each system's own files, results.json, report.png and report.md (last), each atomically."""
-    from .llm import BaselineResult, write_baseline
-    from .hybrid import write_evaluation
-
-    for report, raw in zip(reports, raws):
-        folder = out / "systems" / _slug(report.name)
-        if isinstance(raw, BaselineResult):
-            write_baseline(raw, str(folder), command)
-        else:
-            write_evaluation(raw, folder, report.model, command)
-    write_json(out / "results.json", {"suite": suite.name, "command": command, "wall_seconds": wall, "machine": machine(),
-                                      "task": task_spec, "systems": [_plain_report(r) for r in reports]})
-    plot_report(reports, out / "report.png", f"{suite.name}: {task_spec.get('name')}")
-    atomic_write(out / "report.md", report_markdown(suite, reports, command, wall, task_spec))
-
-
-def _plain_report(r: SystemReport) -> dict:
-    """A report row for results.json (without the per-puzzle maps)."""
-    return {k: v for k, v in asdict(r).items() if k not in ("solved", "group")}
-
-
-# ============================================================================ command line
-def run_suite(suite: Suite, out: Path, command: str, progress: bool = True) -> list[SystemReport]:
-    """Run every system of ``suite``, then write the report to ``out``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(suite.threads or threads)
-    try:
+def run_suite(suite: Suite, out: str | Path, command: str, progress: bool = True) -> list[SystemReport]:
+    """Run every system of ``suite`` (on ``suite.threads`` torch threads), then write the report folder
+    ``out`` whole. ``out`` is checked first, so a bad folder fails before the systems run."""
+    out = check_result_folder(out, SUITE_FILES)
+    with torch_threads(suite.threads):
         t0 = time.perf_counter()
         runner = Runner(suite, progress)
         reports, raws = [], []
         for entry in suite.systems:
             print(f"hybrid-reason compare: running {entry.name} ({entry.kind})", file=sys.stderr)
             report, raw = runner.run(entry)
-            print(f"hybrid-reason compare: {entry.name}: {report.headline} {100 * report.metrics[report.headline]:.1f}% "
-                  f"on {report.puzzles} puzzles in {report.wall_seconds:.0f} s", file=sys.stderr)
+            print(
+                f"hybrid-reason compare: {entry.name}: {report.headline} {100 * report.metrics[report.headline]:.1f}% "
+                f"on {report.puzzles} puzzles in {report.wall_seconds:.0f} s",
+                file=sys.stderr,
+            )
             reports.append(report)
             raws.append(raw)
-        write_report(suite, reports, raws, out, command, time.perf_counter() - t0, runner.task_spec)
-    finally:
-        torch.set_num_threads(threads)
+        wall, common = time.perf_counter() - t0, common_scores(reports)
+        write_result_folder(
+            out,
+            SUITE_FILES,
+            lambda tmp: suite_files(suite, reports, raws, tmp, command, wall, runner.task_spec, runner.split, common),
+        )
     return reports
 
 
-def main(argv: list[str] | None = None) -> list[SystemReport]:
-    """``hybrid-reason compare --suite eval/suites/NAME.yaml [--out DIR]``."""
-    p = argparse.ArgumentParser(prog="hybrid-reason compare", description="Run an evaluation suite and write its report.")
-    p.add_argument("--suite", required=True, help="a suite YAML file (eval/suites/*.yaml)")
-    p.add_argument("--out", help="report folder (default: the suite's output, else eval/results/NAME)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    quiet_transformers()
-    command = "hybrid-reason compare " + " ".join(sys.argv[2:] if argv is None else argv)
-    try:
-        suite = load_suite(args.suite)
-        out = Path(args.out or suite.output or os.path.join("eval", "results", suite.name))
-        reports = run_suite(suite, out, command, progress=not args.no_progress)
-    except (OSError, ValueError) as err:
-        sys.exit(f"hybrid-reason compare: {err}")
-    print(report_table(reports))
-    print(f"hybrid-reason: wrote {out / 'report.md'} and {out / 'report.png'}")
-    return reports
+def with_threads(suite: Suite, threads: int | None) -> Suite:
+    """``suite`` with its torch thread count replaced by ``threads`` when given."""
+    return suite if threads is None else replace(suite, threads=threads)
 
 
-__all__ = ["HybridEntry", "LLMEntry", "Runner", "Suite", "SystemReport", "common_scores", "load_suite", "main",
-           "plot_report", "report_markdown", "report_table", "run_suite", "write_report"]
+__all__ = [
+    "HybridEntry",
+    "LLMEntry",
+    "Runner",
+    "Suite",
+    "SystemReport",
+    "common_scores",
+    "load_suite",
+    "parse_typed",
+    "run_suite",
+    "with_threads",
+]

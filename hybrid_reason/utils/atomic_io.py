@@ -4,6 +4,7 @@ the new one, never half of one."""
 from __future__ import annotations
 
 import csv
+import ctypes
 import glob
 import io
 import json
@@ -11,8 +12,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,8 @@ def write_dir_atomically(final: Path, build: Callable[[Path], None]) -> None:
 
     A process killed mid-build leaves ``final`` untouched (only a ``.tmp-<pid>`` folder, removed by the
     next build); a build that raises leaves nothing. If another process renamed its copy first, its
-    copy is kept.
+    copy is kept. What the build wrote gets the user's umask (writers such as safetensors create 0600
+    files). The caller decides whether an existing ``final`` may be replaced.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -88,17 +91,55 @@ def write_dir_atomically(final: Path, build: Callable[[Path], None]) -> None:
     try:
         tmp.mkdir()
         build(tmp)
-        if final.exists():  # stale copy: move it aside first (rename over a non-empty folder fails)
-            trash = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.exists():  # not a concurrent winner: a real error
-                raise
+        apply_umask(tmp)
+        swap_dir(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # after a swap: the previous copy
+
+
+def swap_dir(new: Path, final: Path) -> None:
+    """Put folder ``new`` at ``final`` with one rename, keeping the previous ``final`` until then; the
+    previous copy is left at ``new``'s path for the caller to delete. On Linux the two are exchanged
+    atomically (``renameat2`` with RENAME_EXCHANGE), so a reader sees the old folder or the new one and
+    never neither; elsewhere the old one is renamed aside for an instant (a build killed then gets it
+    back from ``_remove_orphans``). If another process put its copy at ``final`` first, its copy is kept.
+    """
+    if final.exists() and _exchange(new, final):
+        return
+    aside = None
+    if final.exists():  # a rename over a non-empty folder fails: move the old copy aside first
+        aside = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, aside)
+    try:
+        os.rename(new, final)
+    except OSError:
+        if not final.exists():  # not a concurrent winner: a real error; put the old copy back
+            if aside is not None:
+                os.rename(aside, final)
+            raise
+    if aside is not None:
+        os.rename(aside, new)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange two paths in one atomic step (Linux ``renameat2``); False where the OS cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def apply_umask(root: Path) -> None:
+    """Give ``root`` and everything below it the permissions a plain ``open``/``mkdir`` would: 0666 (0777
+    for folders and executables) less the umask."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or path.stat().st_mode & 0o100
+        os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
 def _remove_orphans(final: Path) -> None:
@@ -106,7 +147,10 @@ def _remove_orphans(final: Path) -> None:
     for leftover in final.parent.glob(f".{glob.escape(final.name)}.*-*-*"):
         pid = leftover.name.rsplit("-", 2)[-2]
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.name.startswith(f".{final.name}.old-") and not final.exists():
+                os.rename(leftover, final)  # a swap killed between its two renames: the previous copy
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,248 @@
+"""The evaluation commands: ``hybrid-reason evaluate``, ``baseline`` and ``compare``.
+
+Each command is a typed function below; jsonargparse builds its flags from the signature and the
+docstring (and, for ``baseline``, from the ``GenerationSettings`` dataclass), so the values are checked
+when they are parsed: ``--limit 0`` or ``--steps 0`` is refused before anything loads. Every command
+also takes ``--config FILE`` (a YAML of its flags) and ``--print_config``.
+
+    hybrid-reason evaluate --model DIR [--task arc1] [--option.KEY VALUE] [--split eval] [--augmentations 8]
+    hybrid-reason baseline cot|direct|fixed-depth [--model LM] [--task sort] [--max_new_tokens 512]
+    hybrid-reason compare --suite eval/suites/NAME.yaml [--out DIR]
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse.typing import PositiveInt
+
+from ..tasks import task_from_spec
+from .hybrid import Evaluation, evaluate_model
+from .llm import BaselineResult, GenerationSettings, load_language_model, run_baseline
+from .models import check_fixed_depth, check_model_task, load_model, model_budget, model_config, saved_config
+from .puzzles import load_rows, resolve_split, task_spec
+from .report import (
+    BASELINE_FILES,
+    EVALUATION_FILES,
+    check_result_folder,
+    report_table,
+    summary_markdown,
+    write_baseline,
+    write_evaluation,
+)
+from .runtime import default_device, quiet_transformers, torch_threads
+from .suite import SystemReport, common_scores, load_suite, run_suite, with_threads
+
+Split = Literal["train", "validation", "test", "eval", "evaluation"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def evaluate(
+    model: str,
+    task: str | None = None,
+    option: dict[str, Any] | None = None,
+    split: Split = "test",
+    limit: PositiveInt | None = None,
+    augmentations: PositiveInt = 1,
+    steps: PositiveInt | None = None,
+    curve_steps: PositiveInt | None = None,
+    batch_size: PositiveInt = 32,
+    seed: int = 0,
+    device: str | None = None,
+    threads: PositiveInt | None = None,
+    out: str | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> Evaluation:
+    """Score a trained HybridReasoner on a task.
+
+    ARC voting and pass@k, exact and cell accuracy, the test-time compute curve. Writes the result
+    folder whole and prints its summary.
+
+    Args:
+        model: a saved HybridReasoner folder (hybrid-reason export, save_pretrained)
+        task: task name (default: the one the model was trained on, with its options)
+        option: task options over the model's: --option.KEY VALUE (repeatable) or --option '{KEY: VALUE}'
+        split: train, validation or test; eval = test (ARC's evaluation tasks)
+        limit: only the first N puzzles (ARC: tasks)
+        augmentations: views per puzzle, voted (ARC: dihedral x colour permutation)
+        steps: the supervision step whose answer is scored (default: N_sup)
+        curve_steps: length of the test-time compute curve (default: 2 x steps)
+        batch_size: views per batch
+        seed: seeds the augmentations
+        device: cpu or cuda (default: cuda when visible)
+        threads: torch CPU threads (default: torch's)
+        out: the result folder, replaced whole (default: MODEL/evaluation/TASK-SPLIT)
+        progress: show a progress bar
+    """
+    quiet_transformers()
+    config = model_config(model)
+    chosen = task_from_spec(task_spec(config.task, task, option), "--task")
+    check_model_task(config, chosen, model)
+    trained = (config.task or {}).get("name")
+    if trained not in (None, chosen.name):
+        print(f"hybrid-reason evaluate: note: {model} was trained on {trained!r}", file=sys.stderr)
+    folder = check_result_folder(
+        out or Path(model) / "evaluation" / f"{chosen.name}-{resolve_split(split)}", EVALUATION_FILES
+    )
+    with torch_threads(threads):
+        net = load_model(model, device or default_device())
+        rows = load_rows(chosen, split, limit, model_budget(net))
+        ev = evaluate_model(
+            net,
+            chosen,
+            rows,
+            split=resolve_split(split),
+            augmentations=augmentations,
+            steps=steps,
+            curve_steps=curve_steps,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+    write_evaluation(ev, folder, model, command)
+    print(summary_markdown(ev, model, command))
+    print(f"hybrid-reason: wrote {folder}")
+    return ev
+
+
+def baseline(
+    kind: Literal["cot", "direct", "fixed-depth"],
+    model: str = "smollm2-135m",
+    task: str | None = None,
+    option: dict[str, Any] | None = None,
+    split: Split = "test",
+    limit: PositiveInt | None = None,
+    generation: GenerationSettings | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: Dtype = "float32",
+    threads: PositiveInt | None = None,
+    out: str | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> BaselineResult | Evaluation:
+    """Run an LLM baseline on a task, or evaluate a fixed-depth model.
+
+    Chain of thought or direct answer with HF generate; fixed-depth is a checked ``evaluate``. Writes
+    the result folder whole and prints the scores.
+
+    Args:
+        kind: cot, direct, or fixed-depth (evaluate a model checked to have T = n = N_sup = 1)
+        model: LM: hub id, folder, .gguf or alias; a HybridReasoner folder means its backbone and its task
+            (fixed-depth: the trained model)
+        task: task name (default: the hybrid model's task, else sort)
+        option: task options: --option.KEY VALUE (repeatable) or --option '{KEY: VALUE}'
+        split: train, validation or test; eval = test
+        limit: only the first N puzzles (ARC: tasks)
+        seed: seeds sampling (with temperature > 0)
+        device: cpu or cuda (default: cuda when visible)
+        dtype: the LM's weights: float32 on CPU, bfloat16 on GPU
+        threads: torch CPU threads (default: torch's)
+        out: the result folder, replaced whole (default: eval/results/baseline-KIND-TASK)
+        progress: show a progress bar
+    """
+    quiet_transformers()
+    if kind == "fixed-depth":
+        check_fixed_depth(model_config(model), model)
+        return evaluate(
+            model,
+            task,
+            option,
+            split,
+            limit,
+            seed=seed,
+            device=device,
+            threads=threads,
+            out=out,
+            progress=progress,
+            command=command,
+        )
+    hybrid = saved_config(model)  # None: an LM, not a HybridReasoner folder
+    chosen = task_from_spec(task_spec(hybrid.task if hybrid else None, task, option, default="sort"), "--task")
+    folder = check_result_folder(out or Path("eval") / "results" / f"baseline-{kind}-{chosen.name}", BASELINE_FILES)
+    with torch_threads(threads):
+        lm = load_language_model(model, device or default_device(), dtype)
+        rows = load_rows(chosen, split, limit)
+        result = run_baseline(lm, chosen, rows, kind, generation, resolve_split(split), progress, seed)
+    write_baseline(result, folder, command)
+    m = result.metrics
+    print(
+        f"{kind} {lm.name} on {chosen.name} ({result.split}, {result.puzzles} puzzles): "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in m.items())
+        + f"; {result.tokens_per_puzzle():.1f} tokens, {result.seconds_per_puzzle():.2f} s per puzzle; "
+        f"{100 * m['unfinished']:.0f}% of replies hit the {result.settings.max_new_tokens}-token cap"
+    )
+    print(f"hybrid-reason: wrote {folder}")
+    return result
+
+
+def compare(
+    suite: str, out: str | None = None, threads: PositiveInt | None = None, progress: bool = True, command: str = ""
+) -> list[SystemReport]:
+    """Run an evaluation suite and write its report.
+
+    Every system runs on the same puzzles; the report folder is written whole.
+
+    Args:
+        suite: a suite YAML file (eval/suites/*.yaml)
+        out: the report folder, replaced whole (default: the suite's output, else eval/results/NAME)
+        threads: torch CPU threads (default: the suite's threads, else torch's)
+        progress: show progress bars
+    """
+    quiet_transformers()
+    loaded = with_threads(load_suite(suite), threads)
+    folder = Path(out or loaded.output or Path("eval") / "results" / loaded.name)
+    reports = run_suite(loaded, folder, command, progress)
+    print(report_table(reports, common_scores(reports)))
+    print(f"hybrid-reason: wrote {folder / 'report.md'} and {folder / 'report.png'}")
+    return reports
+
+
+# ============================================================================ parsing
+def command_parser(
+    function: Callable, name: str, positional: bool = False, settings: type | None = None
+) -> ArgumentParser:
+    """The parser of ``hybrid-reason NAME``: the typed parameters of ``function`` (and, flat, the
+    fields of the ``settings`` dataclass), ``--config FILE`` and ``--print_config``."""
+    doc = (function.__doc__ or "").strip().split("\n\n")[:2]
+    parser = ArgumentParser(prog=f"hybrid-reason {name}", description=" ".join(" ".join(doc).split()))
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these flags")
+    parser.add_function_arguments(function, as_positional=positional, skip={"command", "generation"})
+    if settings is not None:
+        parser.add_class_arguments(settings, None)
+    return parser
+
+
+def _run(function: Callable, name: str, argv: list[str] | None, positional: bool = False, settings: type | None = None):
+    """Parse ``argv`` for ``function`` and call it with the values (and the command line, for the record)."""
+    argv = sys.argv[2:] if argv is None else list(argv)
+    values = command_parser(function, name, positional, settings).parse_args(argv).as_dict()
+    values.pop("config", None)
+    if settings is not None:
+        values["generation"] = settings(**{f.name: values.pop(f.name) for f in fields(settings)})
+    return function(**values, command=shlex.join(["hybrid-reason", name, *argv]))
+
+
+def evaluate_main(argv: list[str] | None = None) -> Evaluation:
+    """``hybrid-reason evaluate ...`` (see ``evaluate``)."""
+    return _run(evaluate, "evaluate", argv)
+
+
+def baseline_main(argv: list[str] | None = None) -> BaselineResult | Evaluation:
+    """``hybrid-reason baseline cot|direct|fixed-depth ...`` (see ``baseline``)."""
+    return _run(baseline, "baseline", argv, positional=True, settings=GenerationSettings)
+
+
+def compare_main(argv: list[str] | None = None) -> list[SystemReport]:
+    """``hybrid-reason compare --suite FILE ...`` (see ``compare``)."""
+    return _run(compare, "compare", argv)
+
+
+__all__ = ["baseline", "baseline_main", "command_parser", "compare", "compare_main", "evaluate", "evaluate_main"]

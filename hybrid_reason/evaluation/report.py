@@ -1,0 +1,400 @@
+"""What evaluations write: tables, plots, summaries, and result folders that change as one unit.
+
+A result folder (``evaluate --out``, a baseline's, a suite's report) is built whole in a temporary
+sibling and swapped in with one rename (``write_dir_atomically``): a reader, or a run killed half-way,
+sees the previous folder or the new one, never a mix. An existing folder is replaced only when all it
+holds are files such a folder holds, so ``--out`` can never delete a user's other files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import HybridReasonError
+from ..utils.atomic_io import atomic_write, save_figure, write_csv, write_dir_atomically, write_json
+from .llm import BaselineResult
+
+EVALUATION_FILES = ("metrics.json", "curve.csv", "curve.png", "per_task.csv", "submission.json", "summary.md")
+BASELINE_FILES = ("metrics.json", "per_task.csv", "replies.jsonl")
+SUITE_FILES = ("report.md", "report.png", "results.json", "systems")
+
+
+# ============================================================================ result folders
+def check_result_folder(out: str | os.PathLike, names: Sequence[str], flag: str = "--out") -> Path:
+    """``out`` as a Path, checked before any work: not a file, and either absent, empty or holding only
+    the ``names`` that a result folder holds (so replacing it loses nothing of the user's)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HybridReasonError(f"{flag} {out} is a file; give a folder for the results")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in names) if out.is_dir() else []
+    if foreign:
+        raise HybridReasonError(
+            f"{flag} {out} holds {foreign[0]!r}, which is not a result file; it would be replaced "
+            "with the whole folder: choose a new or empty folder"
+        )
+    return out
+
+
+def write_result_folder(out: str | os.PathLike, names: Sequence[str], write: Callable[[Path], None]) -> Path:
+    """Check ``out`` (``check_result_folder``), then build it with ``write(tmp)`` and swap it in whole."""
+    out = check_result_folder(out, names)
+    write_dir_atomically(out, write)
+    return out
+
+
+def _slug(name: str) -> str:
+    """A folder name for a system."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "system"
+
+
+def _matplotlib():
+    """pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ============================================================================ one evaluation
+def curve_keys(curve: list[dict[str, float]]) -> list[str]:
+    """The accuracy columns of a curve (exact, pass@k, cell)."""
+    return [k for k in curve[0] if k not in ("step", "halt_step")] if curve else []
+
+
+def curve_table(curve: list[dict[str, float]], n_sup: int, keys: Sequence[str]) -> str:
+    """The test-time compute curve as a markdown table (steps past N_sup are marked)."""
+    lines = ["| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+    for row in curve:
+        mark = " (> N_sup)" if row["step"] > n_sup else ""
+        lines.append(f"| {row['step']}{mark} | " + " | ".join(f"{100 * row[k]:.1f}%" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def plot_curve(
+    ax, curve: list[dict[str, float]], n_sup: int, label: str = "", keys: Sequence[str] | None = None
+) -> None:
+    """Draw accuracy against supervision step on ``ax``, with N_sup marked."""
+    steps = [row["step"] for row in curve]
+    for key in keys or curve_keys(curve):
+        ax.plot(steps, [100 * row[key] for row in curve], marker="o", markersize=3, label=f"{label} {key}".strip())
+    ax.axvline(n_sup, color="grey", linestyle="--", linewidth=1)
+    ax.text(n_sup, ax.get_ylim()[1], " N_sup", va="top", fontsize=8, color="grey")
+    ax.set_xlabel("supervision steps")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+SCORE_COLUMNS = ["solved", "solved_pass1", "cell_accuracy"]
+VOTE_COLUMNS = ["winner_votes", "views", "distinct_answers", "halt_step", "confidence", "dropped_demonstrations"]
+
+
+def _scores(r, headline: str) -> list:
+    """A scored puzzle's SCORE_COLUMNS: solved by the headline metric, solved at pass@1, cell accuracy."""
+    return [int(r.solved[2 if headline == "pass@2" else 1]), int(r.solved[1]), f"{r.cell:.4f}"]
+
+
+def _votes(r) -> list:
+    """A puzzle's VOTE_COLUMNS: how its answers voted, and the demonstrations its prompts lost."""
+    winner = r.candidates[0] if r.candidates else None
+    return [winner.votes if winner else 0, r.views, len(r.candidates), f"{r.halt_step:.2f}",
+            f"{winner.confidence:.4f}" if winner else "", r.dropped_demonstrations]  # fmt: skip
+
+
+def evaluation_files(ev, folder: Path, model_name: str, command: str) -> None:
+    """Write one evaluation into ``folder``: metrics.json, curve.csv, curve.png, per_task.csv,
+    submission.json (ARC) and summary.md; without targets only per_task.csv and submission.json."""
+    scores = SCORE_COLUMNS if ev.scored else []
+    write_csv(
+        folder / "per_task.csv",
+        ["task_id", "puzzle_id", "test_input", *scores, *VOTE_COLUMNS],
+        [[r.group, r.id, r.query, *(_scores(r, ev.headline) if scores else []), *_votes(r)] for r in ev.results],
+    )
+    if ev.submission is not None:
+        write_json(folder / "submission.json", ev.submission, indent=None)  # compact, as Kaggle's files are
+    if not ev.scored:
+        return
+    keys = curve_keys(ev.curve)
+    write_json(folder / "metrics.json", {"model": model_name, "command": command} | ev.summary())
+    write_csv(
+        folder / "curve.csv",
+        ["step", *keys, "halt_step", "flops_per_puzzle", "seconds_per_puzzle"],
+        [
+            [
+                r["step"],
+                *(f"{r[k]:.6f}" for k in keys),
+                f"{r['halt_step']:.3f}",
+                f"{ev.flops_per_puzzle(r['step']):.6g}",
+                f"{ev.seconds_per_puzzle(r['step']):.6g}",
+            ]
+            for r in ev.curve
+        ],
+    )
+    fig, ax = _matplotlib().subplots(figsize=(6, 4))
+    plot_curve(ax, ev.curve, ev.n_sup, keys=keys)
+    ax.set_title(f"{model_name}: {ev.task} {ev.split}, test-time compute")
+    save_figure(fig, folder / "curve.png")
+    atomic_write(folder / "summary.md", summary_markdown(ev, model_name, command))
+
+
+def write_evaluation(ev, out: str | os.PathLike, model_name: str, command: str) -> Path:
+    """Write ``evaluation_files`` as one result folder (swapped in whole)."""
+    return write_result_folder(out, EVALUATION_FILES, lambda tmp: evaluation_files(ev, tmp, model_name, command))
+
+
+def summary_markdown(ev, model_name: str, command: str) -> str:
+    """A short human-readable report of one evaluation."""
+    lines = [
+        f"# {model_name} on {ev.task} ({ev.split})",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- puzzles: {ev.puzzles} in {len({r.group for r in ev.results})} groups, {ev.views} views "
+        f"({ev.augmentations} augmentations asked), answer read at step {ev.steps} (N_sup = {ev.n_sup})",
+    ]
+    if ev.dropped_demonstrations:
+        lines.append(
+            f"- {ev.prompts_with_dropped_demonstrations} of {ev.views} prompts lost demonstrations to the "
+            f"backbone's context ({ev.dropped_demonstrations} in all)"
+        )
+    if not ev.scored:
+        return "\n".join(
+            lines
+            + [
+                "- no targets: this split has no solutions, so there is no score; the predictions "
+                "are in per_task.csv" + (" and submission.json" if ev.submission is not None else ""),
+                "",
+            ]
+        )
+    m, keys = ev.metrics, curve_keys(ev.curve)
+    head = "ARC Prize score (mean over tasks of test inputs solved)" if ev.headline == "pass@2" else "exact accuracy"
+    lines += [
+        f"- {head}: " + ", ".join(f"{k} {100 * m[k]:.1f}%" for k in keys),
+        f"- mean halting step {m['halt_step']:.2f}; {ev.seconds_per_puzzle():.3f} s/puzzle; "
+        f"{ev.flops_per_puzzle():.3g} FLOPs/puzzle ({ev.backbone_flops_per_puzzle():.3g} in the backbone)",
+        "",
+        "## Test-time compute curve",
+        "",
+        curve_table(ev.curve, ev.n_sup, keys),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ============================================================================ one baseline
+def baseline_files(result, folder: Path, command: str) -> None:
+    """Write one LLM baseline into ``folder``: metrics.json, per_task.csv and replies.jsonl."""
+    write_json(folder / "metrics.json", {"command": command} | result.summary())
+    scores = SCORE_COLUMNS if all(r.scored for r in result.results) else []
+    replies = ["generated_tokens", "finished", "parsed", "seconds", "dropped_demonstrations"]
+    write_csv(
+        folder / "per_task.csv",
+        ["task_id", "puzzle_id", *scores, *replies],
+        [
+            [
+                r.group,
+                r.id,
+                *(_scores(r, result.headline) if scores else []),
+                sum(x.tokens for x in rs),
+                sum(x.finished for x in rs),
+                sum(x.answer is not None for x in rs),
+                f"{s:.3f}",
+                r.dropped_demonstrations,
+            ]
+            for r, rs, s in zip(result.results, result.replies, result.seconds)
+        ],
+    )
+    lines = [
+        json.dumps({"id": r.id, "solved": r.solved[1] if r.scored else None, "replies": [asdict(x) for x in rs]})
+        for r, rs in zip(result.results, result.replies)
+    ]
+    atomic_write(folder / "replies.jsonl", "\n".join(lines) + "\n")
+
+
+def write_baseline(result, out: str | os.PathLike, command: str) -> Path:
+    """Write ``baseline_files`` as one result folder (swapped in whole)."""
+    return write_result_folder(out, BASELINE_FILES, lambda tmp: baseline_files(result, tmp, command))
+
+
+# ============================================================================ a suite
+def _fmt_count(n: float) -> str:
+    """A compact count: 1.2M, 35.1K, 3.4G."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def report_table(reports: list, common: tuple[int, dict[str, float]]) -> str:
+    """The markdown table: one row per system; ``common`` = (puzzles all ran, score of each on them)."""
+    arc = any(r.headline == "pass@2" for r in reports)
+    n_common, on_common = common
+    head = (
+        ["system", "kind", "puzzles", "exact (pass@2)" if arc else "exact"]
+        + (["pass@1"] if arc else [])
+        + [
+            f"exact on the {n_common} common",
+            "cell accuracy",
+            "trainable params",
+            "total params",
+            "s / puzzle",
+            "generated tokens / puzzle",
+            "backbone FLOPs / puzzle",
+            "total FLOPs / puzzle",
+        ]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in reports:
+        m = r.metrics
+        cells = [r.name, r.kind, str(r.puzzles), f"{100 * m[r.headline]:.1f}%"]
+        cells += [f"{100 * m['exact']:.1f}%"] if arc else []
+        cells += [
+            f"{100 * on_common[r.name]:.1f}%",
+            f"{100 * m['cell']:.1f}%",
+            _fmt_count(r.trainable_params),
+            _fmt_count(r.total_params),
+            f"{r.seconds_per_puzzle:.3f}",
+            f"{r.tokens_per_puzzle:.1f}",
+            _fmt_count(r.backbone_flops_per_puzzle),
+            _fmt_count(r.flops_per_puzzle),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def llm_replies_table(reports: list) -> list[str]:
+    """The LLM systems' reply budget (max_new_tokens), the share of replies that hit it, and of
+    finished replies without a well-formed answer (markdown lines; none without LLM systems)."""
+    llms = [r for r in reports if "unfinished" in r.metrics]
+    if not llms:
+        return []
+    lines = [
+        "## LLM replies",
+        "",
+        "| system | token cap (max_new_tokens) | replies that hit the cap | finished but unparseable |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.name} | {r.max_new_tokens} | {100 * r.metrics['unfinished']:.0f}% | {100 * r.metrics['unparsed']:.0f}% |"
+        for r in llms
+    ]
+    return lines + [""]
+
+
+def report_markdown(
+    suite, reports: list, common: tuple[int, dict[str, float]], command: str, wall: float, task_spec: dict, split: str
+) -> str:
+    """report.md: the command, the setting, the table, the hybrids' curves, the LLMs' replies."""
+    lines = [
+        f"# Suite `{suite.name}`",
+        "",
+        suite.description.strip(),
+        "",
+        f"Produced by `{command}` in {wall / 60:.1f} min wall time on {machine()}.",
+        "",
+        f"Task `{json.dumps(task_spec)}`, split `{split}`, seed {suite.seed}.",
+        "",
+        report_table(reports, common),
+        "",
+        "Exact = whole answer right (ARC: the ARC Prize score with 2 attempts, a mean over tasks); cell = "
+        "fraction of answer cells right in attempt 1. Unfinished or unparseable LLM replies count as wrong. "
+        "Backbone FLOPs: 2 x (parameters of the LM blocks that run) x tokens (prompt only for the hybrid, "
+        "prompt + generated for the LLMs, whose LM head counts too); total adds the recursive core "
+        "(see docs/evaluation.md). Seconds are wall time per puzzle, batched, after loading.",
+        "",
+    ]
+    for r in reports:
+        if r.curve:
+            lines += [
+                f"## Test-time compute: {r.name}",
+                "",
+                f"N_sup = {r.n_sup}; answer read at N_sup in the table above.",
+                "",
+                curve_table(r.curve, r.n_sup, curve_keys(r.curve)),
+                "",
+            ]
+    return "\n".join(lines + llm_replies_table(reports))
+
+
+def machine() -> str:
+    """A one-line description of where the suite ran."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    threads = torch.get_num_threads()
+    return f"{device}, torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}, {platform.system()}"
+
+
+def plot_report(reports: list, path: Path, title: str) -> None:
+    """report.png: accuracy against FLOPs per puzzle (left) and the hybrids' test-time compute curves (right)."""
+    fig, (left, right) = _matplotlib().subplots(1, 2, figsize=(12, 4.5))
+    for r in reports:
+        point = left.scatter([r.flops_per_puzzle], [100 * r.metrics[r.headline]], s=50, zorder=3, label=r.name)
+        colour = point.get_facecolor()[0]
+        if r.curve:
+            left.plot(r.curve_flops, [100 * row[r.headline] for row in r.curve], color=colour, alpha=0.5, linewidth=1)
+            right.plot(
+                [row["step"] for row in r.curve],
+                [100 * row[r.headline] for row in r.curve],
+                marker="o",
+                markersize=3,
+                color=colour,
+                label=f"{r.name} (N_sup={r.n_sup})",
+            )
+            right.axvline(r.n_sup, color=colour, linestyle="--", linewidth=0.8)
+    left.set_xscale("log")
+    left.set_xlabel("FLOPs per puzzle (log)")
+    left.set_title("accuracy against compute (lines: hybrid after 1, 2, ... steps)")
+    right.set_xlabel("supervision steps (dashed: N_sup)")
+    right.set_title("test-time compute curve")
+    for ax in (left, right):
+        ax.set_ylabel(f"{reports[0].headline} accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def suite_files(
+    suite,
+    reports: list,
+    raws: list[Any],
+    folder: Path,
+    command: str,
+    wall: float,
+    task_spec: dict,
+    split: str,
+    common: tuple[int, dict[str, float]],
+) -> None:
+    """Write a suite into ``folder``: each system's own files, results.json, report.png and report.md."""
+    for report, raw in zip(reports, raws):
+        system = folder / "systems" / _slug(report.name)
+        if isinstance(raw, BaselineResult):
+            baseline_files(raw, system, command)
+        else:
+            evaluation_files(raw, system, report.model, command)
+    plain = [{k: v for k, v in asdict(r).items() if k not in ("solved", "group")} for r in reports]
+    write_json(
+        folder / "results.json",
+        {
+            "suite": suite.name,
+            "command": command,
+            "wall_seconds": wall,
+            "machine": machine(),
+            "task": task_spec,
+            "split": split,
+            "systems": plain,
+        },
+    )
+    plot_report(reports, folder / "report.png", f"{suite.name}: {task_spec.get('name')}")
+    atomic_write(folder / "report.md", report_markdown(suite, reports, common, command, wall, task_spec, split))
