@@ -13,4 +13,4 @@ class HybridReasonError(ValueError):
     """Bad input from the user; the message is one line naming the culprit (key, file and row, path)."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))  # one line, always
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines()))  # one line, always

@@ -120,3 +120,19 @@ def test_puzzle_vocabulary_orders_keys():
     rows = Dataset.from_dict({"id": ["b/0", "a/1", "b/1"], "task_id": ["b", "a", "b"]})
     assert puzzle_vocabulary(rows) == {"a": 1, "b": 2}
     assert np.array_equal(sorted(puzzle_vocabulary(Dataset.from_dict({"id": ["x", "y"]})).values()), [1, 2])
+
+
+def test_datamodule_fits_prompts_to_the_budget_it_is_given():
+    from pathlib import Path
+
+    from hybrid_reason.tasks import PromptBudget
+
+    source = str(Path(__file__).parent / "fixtures" / "arc" / "small")  # cccc0003 needs 490 characters
+    dm = TaskDataModule({"name": "arc1", "source": source, "on_too_long": "skip"}, batch_size=2, num_workers=1)
+    assert len(dm.rows("test")) == 3
+    dm.set_prompt_budget(PromptBudget(300))  # from whoever loaded the backbone
+    assert list(dm.rows("test")["task_id"]) == ["aaaa0001", "bbbb0002"]
+    texts = [t for b in dm.test_dataloader() for t in b.texts]  # rendered in a worker process
+    assert len(texts) == 2 and max(map(len, texts)) <= 300
+    assert max(map(len, next(iter(dm.train_dataloader())).texts)) <= 300
+    assert dm.budget_stats("test") == {"prompts_with_drops": 1, "demonstrations_dropped": 1, "queries_skipped": 1}

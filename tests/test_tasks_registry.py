@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.tasks import IGNORE, TASKS, Rendered, Task, build_task
 from hybrid_reason.tasks.dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
 
@@ -24,7 +25,7 @@ SMALL = {
 
 
 def test_names():
-    assert set(TASKS) == {"arc1", "arc2", "sudoku", "maze", "sort"}
+    assert set(TASKS) == {"arc1", "arc2", "sudoku", "maze", "sort", "rules"}
     assert all(issubclass(cls, Task) and cls.name == name for name, cls in TASKS.items())
 
 
@@ -42,24 +43,29 @@ def test_examples_follow_the_contract(name):
             assert all(lab == IGNORE or 0 <= lab < task.vocab_size for lab in ex.labels)
             assert all(s is None or 0 <= s[0] < s[1] <= len(ex.text) for s in ex.slot_spans)
             json.dumps(ex.meta, default=list)  # meta is plain data
-            assert task.score(task.decode(np.where(np.array(ex.labels) == IGNORE, 0, ex.labels), ex.meta), task.target(row))
+            assert task.score(
+                task.decode(np.where(np.array(ex.labels) == IGNORE, 0, ex.labels), ex.meta), task.target(row)
+            )
             assert task.parse_answer(task.answer_format(task.target(row))) == task.target(row)
     assert task.describe() and len(task.load("validation")) > 0
 
 
 def test_build_task_errors_name_the_culprit():
-    with pytest.raises(ValueError, match="unknown task 'chess'"):
+    with pytest.raises(HybridReasonError, match="unknown task 'chess'"):
         build_task("chess")
-    with pytest.raises(ValueError, match="unknown option 'lenght' for task 'sort'"):
+    with pytest.raises(HybridReasonError, match="unknown option 'lenght' for task 'sort'"):
         build_task("sort", lenght=8)
-    with pytest.raises(ValueError, match="option 'length' of task 'sort' must be int"):
+    with pytest.raises(HybridReasonError, match="option 'length' of task 'sort' must be int"):
         build_task("sort", length="8")
-    with pytest.raises(ValueError, match="option 'translate' of task 'arc1' must be bool"):
+    with pytest.raises(HybridReasonError, match="option 'translate' of task 'arc1' must be bool"):
         build_task("arc1", translate="yes")
-    with pytest.raises(ValueError, match="split_mode.*one of 'trm', 'strict'"):
+    with pytest.raises(HybridReasonError, match="split_mode.*one of 'trm', 'strict'"):
         build_task("arc1", split_mode="loose")
-    with pytest.raises(ValueError, match="unknown split 'dev'"):
+    with pytest.raises(HybridReasonError, match="unknown split 'dev'"):
         build_task("sort").load("dev")
+    for name, options in (("sudoku", {"size": 5}), ("maze", {"size": 1}), ("sort", {"min_value": 3, "max_value": 2})):
+        with pytest.raises(HybridReasonError, match=f"{name}: .*size|{name}: min_value"):
+            build_task(name, **options)
     task = build_task("sort", length=8, max_value=9, max_tokens=None)
     assert (task.num_slots, task.vocab_size) == (8, 10)
     assert build_task("maze", loop_fraction=0).loop_fraction == 0
@@ -90,8 +96,14 @@ print(json.dumps(out))
 
 def test_same_seed_same_puzzles_in_another_process():
     env = dict(os.environ, PYTHONHASHSEED="123")
-    child = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, check=True,
-                           cwd=Path(__file__).resolve().parents[1])
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     theirs = json.loads(child.stdout.strip().splitlines()[-1])
     exec(CHILD.replace("print(json.dumps(out))", ""), namespace := {})
     assert theirs == json.loads(json.dumps(namespace["out"]))

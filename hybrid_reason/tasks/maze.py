@@ -18,14 +18,17 @@ cell; vocabulary "#", ".", "S", "G", "o" (open is "." in text, " " in the CSV fo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 from datasets import Dataset, Features, Value
 
+from ..errors import HybridReasonError
 from . import maze_gen
-from .base import Rendered, Task, TokenCounter, bucket_of, code_version, load_csv_split, split_rng
+from .base import PromptBudget, Rendered, Task, bucket_of, code_version, split_rng
+from .csv_split import first_bad, load_csv_split
 from .dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
 from .grid_text import cell_offsets, cells_text, last_grid
 from .maze_gen import generate_maze
@@ -84,7 +87,7 @@ class MazeTask(Task):
 
     def __post_init__(self) -> None:
         if self.size < 2:
-            raise ValueError(f"maze: size must be >= 2, got {self.size}")
+            raise HybridReasonError(f"maze: size must be >= 2, got {self.size}")
         if self.min_path_length is None:
             self.min_path_length = 2 * self.size
 
@@ -102,10 +105,26 @@ class MazeTask(Task):
     def _build(self, split: str) -> Dataset:
         """Build one split."""
         if self.source != "generate":
-            return _csv_rows(load_csv_split(self.source, split, self.limit), split, self.size)
+            return load_csv_split(
+                self.source,
+                split,
+                self.limit,
+                family="maze",
+                size=self.size,
+                check=check_csv_row,
+                features=MAZE_FEATURES,
+            )
         count = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
-        kwargs = dict(size=self.size, min_path_length=self.min_path_length, loop_fraction=self.loop_fraction,
-                      unique_path=self.unique_path, count=count, seed=self.seed, split=split, version=GENERATOR_VERSION)
+        kwargs = dict(
+            size=self.size,
+            min_path_length=self.min_path_length,
+            loop_fraction=self.loop_fraction,
+            unique_path=self.unique_path,
+            count=count,
+            seed=self.seed,
+            split=split,
+            version=GENERATOR_VERSION,
+        )
         return Dataset.from_generator(generate_rows, gen_kwargs=kwargs, features=MAZE_FEATURES)
 
     # ---- augmentation and rendering -------------------------------------------------------------
@@ -114,12 +133,7 @@ class MazeTask(Task):
         return MazeAugmentation(int(rng.integers(NUM_DIHEDRAL))) if train and self.augment else None
 
     def render(
-        self,
-        row: dict,
-        augmentation: MazeAugmentation | None = None,
-        *,
-        max_tokens: int | None = None,
-        count_tokens: TokenCounter | None = None,
+        self, row: dict, augmentation: MazeAugmentation | None = None, *, budget: PromptBudget | None = None
     ) -> Rendered:
         """The maze as space-separated cells; one slot per cell; labels = the answer's symbols."""
         question, answer = self.ids(row["question"]), self.ids(row["answer"])
@@ -127,7 +141,7 @@ class MazeTask(Task):
         question, answer = dihedral(question, k), dihedral(answer, k)
         head = f"Maze {self.size}x{self.size} (# wall, . open, S start, G goal):\n"
         text = head + self._grid_text(question) + "\nSolution:\n"
-        self._check_fits(text, row["id"], max_tokens, count_tokens)
+        self._check_fits(text, row["id"], budget)
         starts = cell_offsets(len(head), self.size, self.size, len(SEP)).reshape(-1).tolist()
         meta = {"id": row["id"], "augmentation": None if augmentation is None else {"dihedral": k}}
         return Rendered(text, [(s, s + 1) for s in starts], answer.reshape(-1).tolist(), meta)
@@ -136,7 +150,7 @@ class MazeTask(Task):
         """[n, n] vocabulary ids of a CSV-form string."""
         codes = _TO_ID[np.frombuffer(cells.encode("ascii"), dtype=np.uint8)]
         if len(cells) != self.num_slots or (codes < 0).any():
-            raise ValueError(f"maze: expected {self.num_slots} cells of {CSV_SYMBOLS!r}, got {cells!r}")
+            raise HybridReasonError(f"maze: expected {self.num_slots} cells of {CSV_SYMBOLS!r}, got {cells!r}")
         return codes.reshape(self.size, self.size)
 
     def _grid_text(self, ids: np.ndarray) -> str:
@@ -183,27 +197,58 @@ class MazeTask(Task):
         )
 
 
-def generate_rows(size: int, min_path_length: int, loop_fraction: float, unique_path: bool, count: int,
-                  seed: int, split: str, version: str):
+def generate_rows(
+    size: int,
+    min_path_length: int,
+    loop_fraction: float,
+    unique_path: bool,
+    count: int,
+    seed: int,
+    split: str,
+    version: str,
+):
     """Yield ``count`` generated rows of ``split``; their questions hash into that split's bucket."""
     rng = split_rng(seed, split)
     accept = lambda question: bucket_of(question) == split  # noqa: E731
     for i in range(count):
         question, answer, length = generate_maze(rng, size, min_path_length, loop_fraction, unique_path, accept)
-        yield {"id": f"maze{size}/{split}/{i}", "question": question, "answer": answer, "size": size,
-               "source": f"generated-{version}", "rating": length}
+        yield {
+            "id": f"maze{size}/{split}/{i}",
+            "question": question,
+            "answer": answer,
+            "size": size,
+            "source": f"generated-{version}",
+            "rating": length,
+        }
 
 
-def _csv_rows(ds: Dataset, split: str, size: int) -> Dataset:
-    """sapientinc CSV rows in the task schema, checked: an id per row, n*n cells each."""
+def check_csv_row(size: int, question: str, answer: str) -> tuple[str, str] | None:
+    """What is wrong with a CSV row of an n x n maze: (column, problem with its value), None if nothing.
 
-    def convert(row: dict, index: int) -> dict:
-        """One CSV row in the task schema."""
-        question, answer = str(row["question"]), str(row["answer"])
-        if len(question) != size * size or len(answer) != size * size:
-            side = math.isqrt(len(question))
-            raise ValueError(f"maze/{split}/{index}: a {side}x{side} maze, the task has size={size}")
-        return {"id": f"maze/{split}/{index}", "question": question, "answer": answer, "size": size,
-                "source": str(row.get("source", "")), "rating": int(float(row.get("rating") or 0))}
+    The question has n*n cells of '#', ' ', 'S', 'G' with one S and one G; the answer is the question
+    with 'o' on some open cells. Values are quoted with open cells as '.' (a one-line error message
+    would merge runs of spaces)."""
+    cells, note = size * size, " (open cells shown as '.')"
+    for column, value, allowed in (("question", question, CSV_SYMBOLS[:4]), ("answer", answer, CSV_SYMBOLS)):
+        if len(value) != cells:
+            side = math.isqrt(len(value))
+            shape = f"a {side}x{side} maze" if side * side == len(value) else "not a square maze"
+            return (
+                column,
+                f"{_shown(value)} has {len(value)} cells ({shape}), the task has size={size} ({cells} cells)" + note,
+            )
+        if bad := first_bad(value, allowed):
+            expected = ", ".join(map(repr, allowed))
+            return column, f"{_shown(value)} has {bad[1]!r} at cell {bad[0]}, expected one of {expected}" + note
+    for symbol in "SG":
+        if question.count(symbol) != 1:
+            return "question", f"{_shown(question)} has {question.count(symbol)} cells {symbol!r}, expected 1" + note
+    if answer.replace("o", " ") != question:
+        i = next(i for i, (q, a) in enumerate(zip(question, answer)) if a != q and not (a == "o" and q == " "))
+        return "answer", f"{_shown(answer)} has {answer[i]!r} at cell {i} where the question has {question[i]!r}" + note
+    return None
 
-    return ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=MAZE_FEATURES)
+
+def _shown(cells: str) -> str:
+    """A CSV-form maze quoted for an error message, open cells as '.'."""
+    return repr(cells.replace(" ", "."))

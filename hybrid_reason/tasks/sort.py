@@ -14,13 +14,15 @@ Vocabulary: the values ``min_value..max_value`` as text (id = value - min_value)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 from datasets import Dataset, Features, List, Value
 
-from .base import IGNORE, Rendered, Task, TokenCounter, bucket_of, split_rng
+from ..errors import HybridReasonError
+from .base import IGNORE, PromptBudget, Rendered, Task, bucket_of, split_rng
 
 SORT_FEATURES = Features({"id": Value("string"), "values": List(Value("int64"))})
 _LIST = re.compile(r"^\s*(?:sorted\s*:)?[\s\[(]*(-?\d+(?:[\s,]+-?\d+)*)[\s\])]*\.?\s*$", re.IGNORECASE)
@@ -56,9 +58,9 @@ class SortTask(Task):
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_length <= self.length:
-            raise ValueError(f"sort: need 1 <= min_length <= length, got {self.min_length}, {self.length}")
+            raise HybridReasonError(f"sort: need 1 <= min_length <= length, got {self.min_length}, {self.length}")
         if self.min_value > self.max_value:
-            raise ValueError(f"sort: min_value {self.min_value} is above max_value {self.max_value}")
+            raise HybridReasonError(f"sort: min_value {self.min_value} is above max_value {self.max_value}")
 
     @property
     def vocab(self) -> list[str]:
@@ -82,7 +84,9 @@ class SortTask(Task):
         while len(rows) < count:
             tries += 1
             if tries > 100 * count + 1000:
-                raise RuntimeError(f"sort: the value range and lengths leave too few lists for {count} {split} rows")
+                raise HybridReasonError(
+                    f"sort: the value range and lengths leave too few lists for {count} {split} rows"
+                )
             n = int(rng.integers(self.min_length, self.length + 1))
             values = rng.integers(self.min_value, self.max_value + 1, size=n).tolist()
             if bucket_of(" ".join(map(str, sorted(values)))) == split:
@@ -95,18 +99,15 @@ class SortTask(Task):
         return SortAugmentation(int(rng.integers(2**31))) if train and self.augment else None
 
     def render(
-        self,
-        row: dict,
-        augmentation: SortAugmentation | None = None,
-        *,
-        max_tokens: int | None = None,
-        count_tokens: TokenCounter | None = None,
+        self, row: dict, augmentation: SortAugmentation | None = None, *, budget: PromptBudget | None = None
     ) -> Rendered:
-        """"Sort: v1 v2 ...\\nSorted:"; slot k reads the k-th number, labelled with the k-th smallest."""
+        """ "Sort: v1 v2 ...\\nSorted:"; slot k reads the k-th number, labelled with the k-th smallest."""
         values = list(row["values"])
         if not 1 <= len(values) <= self.length or not all(self.min_value <= v <= self.max_value for v in values):
-            raise ValueError(f"{row['id']}: {values} does not fit length <= {self.length}, values in "
-                             f"{self.min_value}..{self.max_value}")
+            raise HybridReasonError(
+                f"{row['id']}: {values} does not fit length <= {self.length}, values in "
+                f"{self.min_value}..{self.max_value}"
+            )
         if augmentation is not None:
             values = [values[i] for i in np.random.default_rng(augmentation.seed).permutation(len(values))]
         spans, pos, words = [], len("Sort: "), []
@@ -115,11 +116,14 @@ class SortTask(Task):
             spans.append((pos, pos + len(words[-1])))
             pos += len(words[-1]) + 1
         text = "Sort: " + " ".join(words) + "\nSorted:"
-        self._check_fits(text, row["id"], max_tokens, count_tokens)
+        self._check_fits(text, row["id"], budget)
         pad = self.length - len(values)
         labels = [v - self.min_value for v in sorted(values)] + [IGNORE] * pad
-        meta = {"id": row["id"], "length": len(values),
-                "augmentation": None if augmentation is None else {"seed": augmentation.seed}}
+        meta = {
+            "id": row["id"],
+            "length": len(values),
+            "augmentation": None if augmentation is None else {"seed": augmentation.seed},
+        }
         return Rendered(text, spans + [None] * pad, labels, meta)
 
     # ---- answers --------------------------------------------------------------------------------

@@ -17,14 +17,17 @@ cell (givens included, as TRM); vocabulary "1".."n" (id = digit - 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 from datasets import Dataset, Features, Value
 
+from ..errors import HybridReasonError
 from . import sudoku_gen
-from .base import Rendered, Task, TokenCounter, bucket_of, code_version, load_csv_split, split_rng
+from .base import PromptBudget, Rendered, Task, bucket_of, code_version, split_rng
+from .csv_split import first_bad, load_csv_split
 from .grid_text import cell_offsets, last_grid
 from .sudoku_gen import BOXES, SudokuSolver, generate_puzzle
 
@@ -95,11 +98,11 @@ class SudokuTask(Task):
 
     def __post_init__(self) -> None:
         if self.size not in BOXES:
-            raise ValueError(f"sudoku: size must be one of {sorted(BOXES)}, got {self.size}")
+            raise HybridReasonError(f"sudoku: size must be one of {sorted(BOXES)}, got {self.size}")
         if self.givens is None:
             self.givens = DEFAULT_GIVENS[self.size]
         if not 0 < self.givens <= self.size**2:
-            raise ValueError(f"sudoku: givens must be in 1..{self.size ** 2}, got {self.givens}")
+            raise HybridReasonError(f"sudoku: givens must be in 1..{self.size**2}, got {self.givens}")
 
     @property
     def vocab(self) -> list[str]:
@@ -115,9 +118,19 @@ class SudokuTask(Task):
     def _build(self, split: str) -> Dataset:
         """Build one split."""
         if self.source != "generate":
-            return _csv_rows(load_csv_split(self.source, split, self.limit), split, self.size)
+            return load_csv_split(
+                self.source,
+                split,
+                self.limit,
+                family="sudoku",
+                size=self.size,
+                check=check_csv_row,
+                features=SUDOKU_FEATURES,
+            )
         count = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
-        kwargs = dict(size=self.size, givens=self.givens, min_backtracks=self.min_backtracks, count=count, seed=self.seed)
+        kwargs = dict(
+            size=self.size, givens=self.givens, min_backtracks=self.min_backtracks, count=count, seed=self.seed
+        )
         return Dataset.from_generator(
             generate_rows, gen_kwargs=dict(kwargs, split=split, version=GENERATOR_VERSION), features=SUDOKU_FEATURES
         )
@@ -135,12 +148,7 @@ class SudokuTask(Task):
         return SudokuAugmentation(digits, transpose, rows, cols)
 
     def render(
-        self,
-        row: dict,
-        augmentation: SudokuAugmentation | None = None,
-        *,
-        max_tokens: int | None = None,
-        count_tokens: TokenCounter | None = None,
+        self, row: dict, augmentation: SudokuAugmentation | None = None, *, budget: PromptBudget | None = None
     ) -> Rendered:
         """The grid as digit rows; one slot per cell; labels = the solution digits."""
         question, answer = self.grid(row["question"]), self.grid(row["answer"])
@@ -148,7 +156,7 @@ class SudokuTask(Task):
             question, answer = augmentation.apply(question), augmentation.apply(answer)
         head = f"Sudoku {self.size}x{self.size} (0 = empty cell):\n"
         text = head + "\n".join("".join(map(str, r)) for r in question.tolist()) + "\nSolution:\n"
-        self._check_fits(text, row["id"], max_tokens, count_tokens)
+        self._check_fits(text, row["id"], budget)
         starts = cell_offsets(len(head), self.size, self.size).reshape(-1).tolist()
         meta = {"id": row["id"], "augmentation": asdict(augmentation) if augmentation is not None else None}
         return Rendered(text, [(s, s + 1) for s in starts], (answer.reshape(-1) - 1).tolist(), meta)
@@ -156,7 +164,7 @@ class SudokuTask(Task):
     def grid(self, cells: str) -> np.ndarray:
         """An [n, n] int grid of a CSV-form string ('.' or '0' blank)."""
         if len(cells) != self.num_slots:
-            raise ValueError(f"sudoku: expected {self.num_slots} cells, got {len(cells)}: {cells!r}")
+            raise HybridReasonError(f"sudoku: expected {self.num_slots} cells, got {len(cells)}: {cells!r}")
         codes = np.frombuffer(cells.replace(".", "0").encode("ascii"), dtype=np.uint8)
         return (codes.astype(np.int64) - ord("0")).reshape(self.size, self.size)
 
@@ -207,20 +215,31 @@ def generate_rows(size: int, givens: int, min_backtracks: int, count: int, seed:
         puzzle, solution, backtracks = generate_puzzle(solver, rng, givens, min_backtracks, accept)
         question = "".join(str(v) if v else "." for v in puzzle)
         answer = "".join(map(str, solution))
-        yield {"id": f"sudoku{size}/{split}/{i}", "question": question, "answer": answer, "size": size,
-               "source": f"generated-{version}", "rating": backtracks}
+        yield {
+            "id": f"sudoku{size}/{split}/{i}",
+            "question": question,
+            "answer": answer,
+            "size": size,
+            "source": f"generated-{version}",
+            "rating": backtracks,
+        }
 
 
-def _csv_rows(ds: Dataset, split: str, size: int) -> Dataset:
-    """sapientinc CSV rows in the task schema, checked: an id per row, strings of size*size cells."""
+def check_csv_row(size: int, question: str, answer: str) -> tuple[str, str] | None:
+    """What is wrong with a CSV row of an n x n Sudoku: (column, problem with its value), None if nothing.
 
-    def convert(row: dict, index: int) -> dict:
-        """One CSV row in the task schema."""
-        question, answer = str(row["question"]), str(row["answer"])
-        if len(question) != size * size or len(answer) != size * size or not answer.isdigit():
-            raise ValueError(f"sudoku/{split}/{index}: question/answer are not {size}x{size} grids: "
-                             f"{question!r}, {answer!r}")
-        return {"id": f"sudoku/{split}/{index}", "question": question, "answer": answer, "size": size,
-                "source": str(row.get("source", "")), "rating": int(float(row.get("rating") or 0))}
-
-    return ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=SUDOKU_FEATURES)
+    The question has n*n cells of digits 1..n or a blank ('.' or '0'); the answer has n*n digits 1..n
+    and agrees with every given of the question."""
+    cells, digits = size * size, "123456789"[:size]
+    for column, value, allowed, expected in (
+        ("question", question, digits + ".0", f"a digit 1-{size} or '.'"),
+        ("answer", answer, digits, f"a digit 1-{size}"),
+    ):
+        if len(value) != cells:
+            return column, f"{value!r} has {len(value)} cells, a {size}x{size} Sudoku has {cells}"
+        if bad := first_bad(value, allowed):
+            return column, f"{value!r} has {bad[1]!r} at cell {bad[0]}, expected {expected}"
+    for i, (q, a) in enumerate(zip(question, answer)):
+        if q != a and q not in ".0":
+            return "answer", f"{answer!r} has {a!r} at cell {i} where the question gives {q!r}"
+    return None

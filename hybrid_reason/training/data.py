@@ -4,7 +4,7 @@ Training reads an endless, deterministic stream. Example ``i`` of the stream is
 
     row  = perm_e[i mod n]            perm_e: the permutation of epoch e = i // n, fixed by (seed, e)
     aug  = task.sample_augmentation(default_rng([seed, 1, i]), train=True)   (the task's options decide)
-    ex   = task.render(rows[row], aug)
+    ex   = task.render(rows[row], aug, budget=budget)     (budget: the backbone's PromptBudget, if any)
 
 and batch ``b`` of rank ``r`` (of ``world`` ranks) holds the examples ``(b * world + r) * B + k`` for
 ``k < B``: ranks never share an example, and a worker ``w`` of ``W`` DataLoader workers builds the
@@ -30,8 +30,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data import Dataset as TorchDataset
 
-from ..tasks import Task, build_task
-from ..tasks.base import Rendered
+from ..tasks import Task, task_from_spec
+from ..tasks.base import PromptBudget, Rendered
 from ..tasks.keys import puzzle_key, puzzle_vocabulary
 
 # Seed streams: permutations, training augmentations and evaluation augmentations never share draws.
@@ -47,17 +47,6 @@ class Batch(NamedTuple):
     ids: list[str]  # B readable example ids (meta["id"])
     index: Tensor  # [B] int64: stream index (training) or row index (evaluation)
     puzzle_ids: Tensor  # [B] int64: TRM's puzzle ID of the example's task (0 = unknown)
-
-
-def task_from_spec(spec: dict[str, Any]) -> Task:
-    """Build a Task from a recipe's ``task`` section: ``{name: sort, <option>: <value>, ...}``."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"data.task: expected a mapping with a 'name' key, got {spec!r}")
-    options = {k: v for k, v in spec.items() if k != "name"}
-    try:
-        return build_task(spec["name"], **options)
-    except (TypeError, ValueError) as err:  # unknown task, unknown option, wrong type or value
-        raise ValueError(f"data.task: {err}") from None
 
 
 def collate(examples: list[Rendered], index: list[int], puzzle_ids: list[int]) -> Batch:
@@ -88,10 +77,11 @@ class TrainStream(IterableDataset):
         puzzles: dict[str, int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        budget: PromptBudget | None = None,
     ):
         if len(rows) == 0:
             raise ValueError(f"task {task.name!r}: the training split is empty")
-        self.task, self.rows, self.batch_size, self.seed = task, rows, batch_size, seed
+        self.task, self.rows, self.batch_size, self.seed, self.budget = task, rows, batch_size, seed, budget
         self.puzzles = puzzles or {}
         self.rank, self.world_size = rank, world_size
         self.start_batch = 0
@@ -108,7 +98,7 @@ class TrainStream(IterableDataset):
         """Stream example ``i``, rendered, and its puzzle ID."""
         row = self.rows[self.row_index(i)]
         aug = self.task.sample_augmentation(np.random.default_rng([self.seed, _TRAIN_AUG, i]), True)
-        return self.task.render(row, aug), self.puzzles.get(puzzle_key(row), 0)
+        return self.task.render(row, aug, budget=self.budget), self.puzzles.get(puzzle_key(row), 0)
 
     def batch_indices(self, b: int) -> list[int]:
         """The stream indices of batch ``b`` on this rank."""
@@ -133,8 +123,9 @@ class TrainStream(IterableDataset):
 class EvalSet(TorchDataset):
     """A validation/test split as a map-style dataset of (rendered example, row, puzzle ID)."""
 
-    def __init__(self, task: Task, rows: Dataset, seed: int = 0, augment: bool = False, puzzles: dict | None = None):
-        self.task, self.rows, self.seed, self.augment = task, rows, seed, augment
+    def __init__(self, task: Task, rows: Dataset, seed: int = 0, augment: bool = False, puzzles: dict | None = None,
+                 budget: PromptBudget | None = None):
+        self.task, self.rows, self.seed, self.augment, self.budget = task, rows, seed, augment, budget
         self.puzzles = puzzles or {}
 
     def __len__(self) -> int:
@@ -143,7 +134,7 @@ class EvalSet(TorchDataset):
     def __getitem__(self, i: int) -> tuple[Rendered, int, int]:
         row = self.rows[int(i)]
         aug = self.task.sample_augmentation(np.random.default_rng([self.seed, _EVAL_AUG, int(i)]), False) if self.augment else None
-        return self.task.render(row, aug), int(i), self.puzzles.get(puzzle_key(row), 0)
+        return self.task.render(row, aug, budget=self.budget), int(i), self.puzzles.get(puzzle_key(row), 0)
 
 
 def collate_eval(items: list[tuple[Rendered, int, int]]) -> Batch:
@@ -201,14 +192,25 @@ class TaskDataModule(pl.LightningDataModule):
         self.eval_augment = eval_augment
         self.splits = {"validate": (val_split, val_limit), "test": (test_split, test_limit)}
         self._rows: dict[str, Dataset] = {}
+        self.prompt_budget: PromptBudget | None = None
         self._puzzles: dict[str, int] | None = None
+
+    def set_prompt_budget(self, budget: PromptBudget | None) -> None:
+        """Fit every prompt to ``budget`` (the backbone's context, from whoever loaded the backbone):
+        splits load under it (ARC: ``on_too_long: skip`` drops queries) and render under it."""
+        if budget != self.prompt_budget:
+            self.prompt_budget, self._rows, self._puzzles = budget, {}, None
+
+    def budget_stats(self, split: str) -> dict[str, int]:
+        """``{prompts_with_drops, demonstrations_dropped, queries_skipped}`` of ``split`` under the prompt budget."""
+        return self.task.budget_stats(split, self.prompt_budget)
 
     def rows(self, split: str, limit: int | None = None) -> Dataset:
         """The task's split (loaded once), cut to its first ``limit`` rows."""
         if split not in self._rows:
             if split not in self.task.splits:
                 raise ValueError(f"task {self.task.name!r} has no split {split!r}; it has {self.task.splits}")
-            self._rows[split] = self.task.load(split)
+            self._rows[split] = self.task.load(split, self.prompt_budget)
         ds = self._rows[split]
         return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
 
@@ -228,7 +230,8 @@ class TaskDataModule(pl.LightningDataModule):
     def train_stream(self) -> TrainStream:
         """The training stream of this rank."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return TrainStream(self.task, self.rows("train"), self.batch_size, self.seed, self.puzzles, rank, world)
+        return TrainStream(self.task, self.rows("train"), self.batch_size, self.seed, self.puzzles, rank, world,
+                           self.prompt_budget)
 
     def train_dataloader(self) -> StreamLoader:
         """Batches of the stream, starting at the trainer's global step (exact resume)."""
@@ -243,7 +246,7 @@ class TaskDataModule(pl.LightningDataModule):
     def eval_dataloader(self, stage: str) -> DataLoader:
         """The validation or test DataLoader."""
         split, limit = self.splits[stage]
-        dataset = EvalSet(self.task, self.rows(split, limit), self.seed, self.eval_augment, self.puzzles)
+        dataset = EvalSet(self.task, self.rows(split, limit), self.seed, self.eval_augment, self.puzzles, self.prompt_budget)
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_eval, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
