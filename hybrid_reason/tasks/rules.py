@@ -39,24 +39,13 @@ import numpy as np
 from datasets import Dataset, concatenate_datasets
 
 from ..errors import HybridReasonError
-from . import rule_library
+from . import rule_inputs, rule_library, rule_primitives
 from .arc import ArcTask
 from .arc_data import ARC_FEATURES, query_rows
 from .base import code_version
-from .rule_library import (
-    COLOURS,
-    GENERATORS,
-    MAX_OUT,
-    PRIMITIVES,
-    Pair,
-    Rule,
-    Step,
-    Undefined,
-    allowed_styles,
-    explaining,
-    grid_share,
-    simpler_explanation,
-)
+from .rule_inputs import GENERATORS, grid_share
+from .rule_library import PRIMITIVES, Rule, Step, allowed_styles, explaining, simpler_explanation
+from .rule_primitives import COLOURS, MAX_OUT, Pair, Undefined
 
 SIDES = (3, 10)  # the allowed range of min_side / max_side
 EVAL_SHARE = 0.3  # share of primitive combinations reserved for evaluation rules
@@ -86,7 +75,7 @@ def task_id(family: str, index: int) -> str:
 
 
 def combination_family(seed: int, names: tuple[str, ...] | list[str]) -> str:
-    """"eval" for the 30 % of primitive combinations (sets of names) kept for evaluation, else "train"."""
+    """ "eval" for the 30 % of primitive combinations (sets of names) kept for evaluation, else "train"."""
     key = f"{seed}:{'+'.join(sorted(names))}".encode()
     u = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
     return "eval" if u < EVAL_SHARE else "train"
@@ -157,8 +146,16 @@ def query_ok(demos: list[Pair], query: Pair) -> bool:
     return set(np.unique(q_in)) <= seen_in and set(np.unique(q_out)) <= seen_out
 
 
-def _queries(rule: Rule, rng: np.random.Generator, sides: tuple[int, int], demos: list[Pair], count: int,
-             bucket: str, seen: set, rivals: list) -> list[Pair] | None:
+def _queries(
+    rule: Rule,
+    rng: np.random.Generator,
+    sides: tuple[int, int],
+    demos: list[Pair],
+    count: int,
+    bucket: str,
+    seen: set,
+    rivals: list,
+) -> list[Pair] | None:
     """``count`` fair queries that no rival setting answers differently, or None."""
     queries: list[Pair] = []
     for _ in range(count * QUERY_ATTEMPTS):
@@ -170,14 +167,18 @@ def _queries(rule: Rule, rng: np.random.Generator, sides: tuple[int, int], demos
     return None
 
 
-def make_task(rule: Rule, rng: np.random.Generator, config: RuleConfig, num_queries: int, bucket: str,
-              attempts: int) -> dict | None:
+def make_task(
+    rule: Rule, rng: np.random.Generator, config: RuleConfig, num_queries: int, bucket: str, attempts: int
+) -> dict | None:
     """An inferable ARC task of ``rule``: ``{"train": demonstrations, "test": queries}``, pairs as
     ``{"input", "output"}`` lists; queries' inputs from ``bucket``. None after ``attempts`` failures."""
     sides = (config.min_side, min(config.max_side, MAX_OUT // rule.growth()))
     for _ in range(attempts):
         seen: set = set()
-        demos = [draw_pair(rule, rng, sides, "train", seen) for _ in range(int(rng.integers(config.min_demos, config.max_demos + 1)))]
+        demos = [
+            draw_pair(rule, rng, sides, "train", seen)
+            for _ in range(int(rng.integers(config.min_demos, config.max_demos + 1)))
+        ]
         if any(d is None for d in demos):
             continue
         rivals = explaining(demos)
@@ -198,15 +199,19 @@ def _as_json(pairs: list[Pair]) -> list[dict]:
 def fixed_task(seed: int, family: str, index: int, config: RuleConfig, num_queries: int) -> dict:
     """The fixed test task of a rule: its demonstrations and ``num_queries`` queries from the test bucket."""
     rng = np.random.default_rng([seed, FAMILIES[family], index, KINDS["test"]])
-    return _required(make_task(sample_rule(seed, family, index, config), rng, config, num_queries, "test", TASK_ATTEMPTS),
-                     family, index)
+    return _required(
+        make_task(sample_rule(seed, family, index, config), rng, config, num_queries, "test", TASK_ATTEMPTS),
+        family,
+        index,
+    )
 
 
 def train_task(seed: int, index: int, config: RuleConfig, example: int) -> dict:
     """Training example ``example`` of training rule ``index``: its own demonstrations and one query."""
     rng = np.random.default_rng([seed, FAMILIES["train"], index, KINDS["train"], example])
-    return _required(make_task(sample_rule(seed, "train", index, config), rng, config, 1, "train", TASK_ATTEMPTS),
-                     "train", index)
+    return _required(
+        make_task(sample_rule(seed, "train", index, config), rng, config, 1, "train", TASK_ATTEMPTS), "train", index
+    )
 
 
 def _required(task: dict | None, family: str, index: int) -> dict:
@@ -224,27 +229,48 @@ def rule_rows(part: str, seed: int, index: int, config: RuleConfig, examples: in
     family = "train" if part in ("train", "seen") else "eval"
     tid, origin = task_id(family, index), "rules:" + sample_rule(seed, family, index, config).describe()
     if part == "train":
-        return [row | {"id": f"rules/{tid}/train{j}", "query": f"train{j}"}
-                for j in range(examples) for row in query_rows("rules", tid, train_task(seed, index, config, j), origin, "tests")]
+        return [
+            row | {"id": f"rules/{tid}/train{j}", "query": f"train{j}"}
+            for j in range(examples)
+            for row in query_rows("rules", tid, train_task(seed, index, config, j), origin, "tests")
+        ]
     task = fixed_task(seed, family, index, config, examples)
     return query_rows("rules", tid, task, origin, "demos" if part == "trm" else "tests")
 
 
-def generate_rows(parts: str, seed: int, num_train_rules: int, num_eval_rules: int, train_examples: int,
-                  test_examples: int, min_side: int, max_side: int, min_demos: int, max_demos: int,
-                  min_primitives: int, max_primitives: int, version: str) -> Iterator[dict]:
+def generate_rows(
+    parts: str,
+    seed: int,
+    num_train_rules: int,
+    num_eval_rules: int,
+    train_examples: int,
+    test_examples: int,
+    min_side: int,
+    max_side: int,
+    min_demos: int,
+    max_demos: int,
+    min_primitives: int,
+    max_primitives: int,
+    version: str,
+) -> Iterator[dict]:
     """Yield the rows of ``parts`` ("train", "trm", "seen", "unseen", joined by "+"), rule by rule.
     Every option is an argument, so ``Dataset.from_generator``'s cache keys on all of them."""
     config = RuleConfig(min_side, max_side, min_demos, max_demos, min_primitives, max_primitives)
-    counts = {"train": (num_train_rules, train_examples), "seen": (num_train_rules, test_examples),
-              "unseen": (num_eval_rules, test_examples), "trm": (num_eval_rules, test_examples)}
+    counts = {
+        "train": (num_train_rules, train_examples),
+        "seen": (num_train_rules, test_examples),
+        "unseen": (num_eval_rules, test_examples),
+        "trm": (num_eval_rules, test_examples),
+    }
     for part in parts.split("+"):
         rules, examples = counts[part]
         for index in range(rules):
             yield from rule_rows(part, seed, index, config, examples)
 
 
-GENERATOR_VERSION = code_version(rule_library, sys.modules[__name__])  # part of the datasets cache key
+GENERATOR_VERSION = code_version(
+    rule_primitives, rule_inputs, rule_library, sys.modules[__name__]
+)  # part of the datasets cache key
 
 
 # ---- the task family ----------------------------------------------------------------------------
@@ -285,18 +311,30 @@ class RulesTask(ArcTask):
     _parts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for option, low, high in (("min_side", *SIDES), ("max_side", *SIDES), ("min_demos", 2, 5), ("max_demos", 2, 5),
-                                  ("min_primitives", 1, 3), ("max_primitives", 1, 3), ("num_train_rules", 1, None),
-                                  ("num_eval_rules", 1, None), ("train_examples_per_rule", 1, None),
-                                  ("test_examples_per_rule", 1, None), ("seed", 0, None)):
+        for option, low, high in (
+            ("min_side", *SIDES),
+            ("max_side", *SIDES),
+            ("min_demos", 2, 5),
+            ("max_demos", 2, 5),
+            ("min_primitives", 1, 3),
+            ("max_primitives", 1, 3),
+            ("num_train_rules", 1, None),
+            ("num_eval_rules", 1, None),
+            ("train_examples_per_rule", 1, None),
+            ("test_examples_per_rule", 1, None),
+            ("seed", 0, None),
+        ):
             _check_range(option, getattr(self, option), low, high)
         for low, high in (("min_side", "max_side"), ("min_demos", "max_demos"), ("min_primitives", "max_primitives")):
             if getattr(self, low) > getattr(self, high):
-                raise HybridReasonError(f"rules: option {low!r} ({getattr(self, low)}) must not exceed {high!r} "
-                                        f"({getattr(self, high)})")
+                raise HybridReasonError(
+                    f"rules: option {low!r} ({getattr(self, low)}) must not exceed {high!r} ({getattr(self, high)})"
+                )
         for option, allowed in (("split_mode", ("trm", "strict")), ("on_too_long", ("error", "skip"))):
             if getattr(self, option) not in allowed:
-                raise HybridReasonError(f"rules: option {option!r} must be one of {allowed}, got {getattr(self, option)!r}")
+                raise HybridReasonError(
+                    f"rules: option {option!r} must be one of {allowed}, got {getattr(self, option)!r}"
+                )
         super().__post_init__()
 
     @property
@@ -307,8 +345,9 @@ class RulesTask(ArcTask):
     @property
     def config(self) -> RuleConfig:
         """The options that shape rules and tasks."""
-        return RuleConfig(self.min_side, self.max_side, self.min_demos, self.max_demos, self.min_primitives,
-                          self.max_primitives)
+        return RuleConfig(
+            self.min_side, self.max_side, self.min_demos, self.max_demos, self.min_primitives, self.max_primitives
+        )
 
     def rule(self, family: str, index: int) -> Rule:
         """Rule ``index`` of "train" or "eval" (any index: it does not depend on the rule counts)."""
@@ -323,8 +362,15 @@ class RulesTask(ArcTask):
         """(training, evaluation) test tasks in ``ArcTask.tasks`` form: task id -> (task, origin)."""
         out = []
         for family, count in (("train", self.num_train_rules), ("eval", self.num_eval_rules)):
-            out.append({task_id(family, k): (fixed_task(self.seed, family, k, self.config, self.test_examples_per_rule),
-                                             "rules:" + self.rule(family, k).describe()) for k in range(count)})
+            out.append(
+                {
+                    task_id(family, k): (
+                        fixed_task(self.seed, family, k, self.config, self.test_examples_per_rule),
+                        "rules:" + self.rule(family, k).describe(),
+                    )
+                    for k in range(count)
+                }
+            )
         return out[0], out[1]
 
     def _build(self, split: str) -> Dataset:
@@ -340,11 +386,21 @@ class RulesTask(ArcTask):
         """One part of the rows ("train", "trm", "seen", "unseen"), built once (and cached on disk by
         ``datasets``, keyed on every option and the generator's source)."""
         if part not in self._parts:
-            kwargs = dict(parts=part, seed=self.seed, num_train_rules=self.num_train_rules,
-                          num_eval_rules=self.num_eval_rules, train_examples=self.train_examples_per_rule,
-                          test_examples=self.test_examples_per_rule, min_side=self.min_side, max_side=self.max_side,
-                          min_demos=self.min_demos, max_demos=self.max_demos, min_primitives=self.min_primitives,
-                          max_primitives=self.max_primitives, version=GENERATOR_VERSION)
+            kwargs = dict(
+                parts=part,
+                seed=self.seed,
+                num_train_rules=self.num_train_rules,
+                num_eval_rules=self.num_eval_rules,
+                train_examples=self.train_examples_per_rule,
+                test_examples=self.test_examples_per_rule,
+                min_side=self.min_side,
+                max_side=self.max_side,
+                min_demos=self.min_demos,
+                max_demos=self.max_demos,
+                min_primitives=self.min_primitives,
+                max_primitives=self.max_primitives,
+                version=GENERATOR_VERSION,
+            )
             self._parts[part] = Dataset.from_generator(generate_rows, gen_kwargs=kwargs, features=ARC_FEATURES)
         return self._parts[part]
 
