@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import hybrid_reason  # noqa: F401  (registers the Auto classes)
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
@@ -21,6 +20,7 @@ from hybrid_reason.evaluation import scoring as S
 from hybrid_reason.evaluation.commands import evaluate_main
 from hybrid_reason.evaluation.models import load_model
 from hybrid_reason.evaluation.puzzles import select_rows
+from hybrid_reason.model.flops import CoreShape
 from hybrid_reason.tasks import ArcAugmentation, build_task
 from hybrid_reason.tasks.arc import PAD
 from hybrid_reason.utils.atomic_io import atomic_write
@@ -302,21 +302,16 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------------------ FLOPs
-@pytest.mark.parametrize("mixer, context", [("attention", 0), ("mlp", 0), ("attention", 3)])
-def test_core_flops_match_torch_flop_counter(backbone_dir, mixer, context):
-    model = make_model(backbone_dir, SORT, mixer=mixer, num_context_slots=context)
+def test_evaluation_costs_come_from_the_flop_model(backbone_dir):
+    """Per-puzzle FLOPs = the backbone once per view + the core once per step and view, as model/flops.py
+    counts them (that model is checked against FlopCounterMode in test_plan.py)."""
+    model = make_model(backbone_dir, SORT)
     task = build_task(**SORT)
-    ex = task.render(task.load("test")[0])
-    encoded = model.encode([ex.text], [ex.slot_spans])
-    with FlopCounterMode(display=False) as counter:
-        model(encoded=encoded)
-    once, per_token, per_step = E.core_flops(model.config)
-    c, S, L = model.config.core_config, model.config.seq_len, encoded.tokens.shape[1] if context else 0
-    sdpa = c.T * (c.n + 1) * c.num_layers * 4 * S * S * c.d_model if mixer == "attention" else 0  # uncounted on CPU
-    sdpa += 4 * context * L * c.d_model  # the resampler's scores and values, also uncounted
-    assert counter.get_total_flops() + sdpa == once + per_token * L + per_step
-    blocks = model.backbone.model.layers[:1]  # hidden_layer 1: one block runs
-    assert E.backbone_params_run(model.backbone) == sum(p.numel() for p in blocks.parameters())
+    rows = task.load("test").select(range(3))
+    ev = E.evaluate_model(model, task, rows, steps=2, curve_steps=3, progress=False)
+    core = CoreShape.from_config(model.config).step_total(0, train=False)
+    assert ev.flops_per_puzzle(3) - ev.flops_per_puzzle(2) == pytest.approx(core * ev.views / ev.puzzles)
+    assert ev.backbone_flops_per_puzzle() > 0 and ev.flops_per_puzzle(1) > ev.backbone_flops_per_puzzle()
 
 
 def test_render_views_gives_one_view_to_tasks_without_eval_augmentation():

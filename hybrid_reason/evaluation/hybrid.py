@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import HybridReasonError
+from ..model.flops import BackboneShape, CoreShape
 from ..tasks.base import PromptBudget, TokenCount
 from ..tasks.keys import puzzle_key, puzzle_vocabulary
 from .models import check_model_task, model_budget
@@ -183,32 +184,17 @@ def score_puzzle(task, row: dict, traces: list[Trace], step: int, ks: Sequence[i
 
 
 # ============================================================================ FLOPs
-def backbone_params_run(backbone) -> int:
-    """Parameters of the backbone blocks that run (layers 1..hidden_layer); embeddings are lookups."""
-    from ..backbone.loading import find_layers
-
-    blocks = find_layers(backbone.model, backbone.model.config.num_hidden_layers)
-    return sum(p.numel() for block in list(blocks)[: backbone.layer] for p in block.parameters())
-
-
-def core_flops(config) -> tuple[int, int, int]:
-    """FLOPs of the trainable model per view: (once: the adapter and the resampler's query side, per
-    prompt token: the resampler's keys, values and scores, per supervision step: T(n+1) calls of the L
-    blocks + heads). A multiply-add counts 2; attention scores count 4 x queries x keys x width."""
-    from ..model.core import swiglu_width
-
-    c, S, d = config.core_config, config.seq_len, config.core_config.d_model
-    K, d_llm = config.num_context_slots, config.backbone_hidden_size
-    mlp = 2 * S * 3 * d * swiglu_width(d, c.expansion)
-    if c.mixer == "attention":
-        mix = 2 * S * 4 * d * d + 4 * S * S * d
-    else:
-        mix = 2 * d * 3 * S * swiglu_width(S, c.expansion)
-    per_step = c.T * (c.n + 1) * c.num_layers * (mlp + mix)
-    per_step += 2 * config.num_slots * d * config.answer_vocab_size + 2 * d
-    once = 2 * config.num_slots * d_llm * d + (2 * K * 2 * d * d if K else 0)  # adapter; resampler q and out
-    per_token = 2 * 2 * d_llm * d + 4 * K * d if K else 0  # resampler k and v projections, scores and values
-    return once, per_token, per_step
+def view_flops(model, tokens: Sequence[int]) -> tuple[float, float]:
+    """(backbone FLOPs, core FLOPs per supervision step), summed over views of ``tokens`` prompt tokens
+    each, from the project's one FLOP model (``model/flops.py``, checked against FlopCounterMode)."""
+    backbone, cfg = model.backbone, model.config
+    core = CoreShape.from_config(cfg)
+    resampler_tokens = tokens if cfg.num_context_slots else [0] * len(tokens)
+    core_step = sum(core.step_total(n, train=False) for n in resampler_tokens)
+    if not getattr(backbone, "num_layers_run", 0):  # the `none` backbone, or layer 0: nothing runs
+        return 0.0, float(core_step)
+    shape = BackboneShape.from_config(backbone.config, backbone.num_layers_run)
+    return float(sum(shape.flops(n) for n in tokens)), float(core_step)
 
 
 # ============================================================================ evaluation
@@ -232,10 +218,8 @@ class Evaluation:
     dropped_demonstrations: int  # demonstrations lost, summed over views
     trainable_params: int
     backbone_params: int  # frozen, as loaded (truncated at hidden_layer)
-    backbone_params_run: int
-    core_flops_once: int
-    core_flops_token: int
-    core_flops_step: int
+    backbone_flops: float  # summed over views
+    core_step_flops: float  # one supervision step, summed over views
     submission: dict | None = None  # ARC only
 
     @property
@@ -254,16 +238,13 @@ class Evaluation:
         return {k: v for k, v in self.curve[self.steps - 1].items() if k != "step"}
 
     def backbone_flops_per_puzzle(self) -> float:
-        """2 x (parameters of the blocks run) x prompt tokens, summed over views, per puzzle."""
-        return 2.0 * self.backbone_params_run * self.prompt_tokens / max(1, self.puzzles)
+        """Backbone FLOPs of all views of a puzzle (layers 1..hidden_layer, attention scores included)."""
+        return self.backbone_flops / max(1, self.puzzles)
 
     def flops_per_puzzle(self, steps: int | None = None) -> float:
         """Backbone + core FLOPs per puzzle when answering after ``steps`` (default: the scored step)."""
         k = self.steps if steps is None else steps
-        core = (
-            self.views * (self.core_flops_once + k * self.core_flops_step) + self.core_flops_token * self.prompt_tokens
-        )
-        return self.backbone_flops_per_puzzle() + core / max(1, self.puzzles)
+        return (self.backbone_flops + k * self.core_step_flops) / max(1, self.puzzles)
 
     def seconds_per_puzzle(self, steps: int | None = None) -> float:
         """Wall seconds per puzzle (encoding, recursion and decoding) to answer after ``steps``."""
@@ -345,9 +326,8 @@ def evaluate_model(
         sum(d > 0 for d in dropped),
         sum(dropped),
         sum(p.numel() for p in model.parameters()),
-        sum(p.numel() for p in backbone.model.parameters()),
-        backbone_params_run(backbone),
-        *core_flops(cfg),
+        sum(p.numel() for p in backbone.parameters()),
+        *view_flops(model, tokens),
     )
     if is_arc(task):
         ev.submission = kaggle_submission(final)
@@ -367,8 +347,7 @@ __all__ = [
     "Timing",
     "Trace",
     "Views",
-    "backbone_params_run",
-    "core_flops",
+    "view_flops",
     "evaluate_model",
     "predict_views",
     "render_views",
