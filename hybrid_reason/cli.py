@@ -1,11 +1,14 @@
 """The `hybrid-reason` command: one entry point, each subcommand implemented in its own module.
 
     hybrid-reason fit|validate|test --config recipes/X.yaml   train / evaluate with LightningCLI
-    hybrid-reason export CKPT OUT                             write the HF model folder (EMA weights)
+    hybrid-reason export CKPT OUT [--overwrite]               write the HF model folder (EMA weights)
     hybrid-reason evaluate ... | compare ... | baseline ...   evaluation harness and baselines
     hybrid-reason bench core|backbone                         speed benchmarks
 
-Subcommand modules are imported lazily so `hybrid-reason --help` stays fast.
+Subcommand modules are imported lazily so `hybrid-reason --help` stays fast. A user error
+(``HybridReasonError``, raised anywhere below, or the one an error was raised from) is printed as
+``error: <one line>`` on stderr with exit status 2, like an argument error; any other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,20 +16,24 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .errors import HybridReasonError
+
 # subcommand -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("hybrid_reason.training.recipe_cli", "main", "train a model from a YAML recipe (LightningCLI)"),
     "validate": ("hybrid_reason.training.recipe_cli", "main", "validate a model from a YAML recipe (LightningCLI)"),
     "test": ("hybrid_reason.training.recipe_cli", "main", "test a model from a YAML recipe (LightningCLI)"),
-    "export": ("hybrid_reason.training.recipe_cli", "export_main", "export a checkpoint's EMA weights as a HF model folder"),
-    "evaluate": ("hybrid_reason.evaluation.hybrid", "main", "score a trained model on a task (ARC voting, pass@k, curves)"),
-    "compare": ("hybrid_reason.evaluation.suite", "main", "run an evaluation suite and write its report"),
-    "baseline": ("hybrid_reason.evaluation.llm", "main", "run a chain-of-thought or direct-answer LLM baseline"),
+    "export": ("hybrid_reason.training.export", "export_main", "export a checkpoint's EMA weights as a HF model folder"),
+    "evaluate": ("hybrid_reason.evaluation.commands", "evaluate_main", "score a trained model on a task (ARC voting, pass@k, curves)"),
+    "compare": ("hybrid_reason.evaluation.commands", "compare_main", "run an evaluation suite and write its report"),
+    "baseline": ("hybrid_reason.evaluation.commands", "baseline_main", "run a chain-of-thought or direct-answer LLM baseline"),
     "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core and the backbone"),
+    "plan": ("hybrid_reason.plan", "main", "estimate a recipe's FLOPs, GPU time and memory (loads no weights)"),
 }
 
 # LightningCLI subcommands keep the subcommand in argv; the others get only their own arguments.
 _LIGHTNING = {"fit", "validate", "test"}
+USER_ERROR = 2  # the exit status of argparse/jsonargparse argument errors too
 
 
 def usage() -> str:
@@ -34,6 +41,18 @@ def usage() -> str:
     lines = ["usage: hybrid-reason COMMAND [ARGS]", "", "commands:"]
     lines += [f"  {name:10s} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def user_error(err: BaseException) -> HybridReasonError | None:
+    """``err`` if it is a HybridReasonError, else the one it was raised from (``raise X from err``
+    chains, as libraries that wrap errors write them), else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, HybridReasonError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,10 +63,23 @@ def main(argv: list[str] | None = None) -> None:
         return
     command = argv[0]
     if command not in COMMANDS:
-        sys.exit(f"hybrid-reason: unknown command {command!r}\n{usage()}")
+        print(usage(), file=sys.stderr)
+        _fail(f"unknown command {command!r}")
     module, function, _ = COMMANDS[command]
-    entry = getattr(importlib.import_module(module), function)
-    entry(argv if command in _LIGHTNING else argv[1:])
+    try:
+        entry = getattr(importlib.import_module(module), function)
+        entry(argv if command in _LIGHTNING else argv[1:])
+    except Exception as err:
+        found = user_error(err)
+        if found is None:
+            raise
+        _fail(str(found))
+
+
+def _fail(message: str) -> None:
+    """Print ``error: message`` on stderr and exit with the user-error status."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR)
 
 
 if __name__ == "__main__":

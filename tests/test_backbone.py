@@ -13,6 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
@@ -27,7 +28,9 @@ from hybrid_reason.backbone import (
     resolve_layer,
     tokenizer_fingerprint,
 )
-from hybrid_reason.backbone.loading import SMOLLM2_GGUF, find_layers
+from hybrid_reason.backbone.backbone import micro_batches
+from hybrid_reason.backbone.loading import SMOLLM2_GGUF, check_backbone, find_layers, torch_dtype
+from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.utils.atomic_io import write_dir_atomically
 from hybrid_reason.utils.testing import qwen_shaped_config, tiny_backbone, tiny_tokenizer
 
@@ -103,8 +106,22 @@ def test_resolve_backbone_aliases_paths_and_hub_ids(tiny, tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"")
     assert resolve_backbone(str(tmp_path / "m.gguf")) == (str(tmp_path), "m.gguf")
     assert resolve_backbone("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", None)
-    with pytest.raises(ValueError, match="no such folder"):
+    with pytest.raises(HybridReasonError, match="no such folder"):
         resolve_backbone("./does/not/exist")
+
+
+@pytest.mark.parametrize("name", ["no-such-backbone", "qwen", "a/b/c", "org/", "org/na me", "org/..x", "org--x/y"])
+def test_a_name_that_is_no_path_alias_or_hub_id_is_refused_at_once(name):
+    with pytest.raises(HybridReasonError, match="not a local folder, a .gguf file, an alias .* or a hub id"):
+        materialize(name)
+
+
+def test_a_hub_id_not_in_the_cache_is_refused_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(HybridReasonError, match="'someorg/some-model' is not a local folder and, as a hub id, it is "
+                                                "not in the local Hugging Face cache while HF_HUB_OFFLINE is set"):
+        Backbone.load(BackboneSpec(name="someorg/some-model"))
 
 
 def test_write_dir_atomically_never_leaves_half_a_folder(tmp_path):
@@ -129,8 +146,36 @@ def test_write_dir_atomically_never_leaves_half_a_folder(tmp_path):
 def test_resolve_layer_follows_python_indexing():
     assert [resolve_layer(k, 4) for k in (0, 1, 4, -1, -2, -5)] == [0, 1, 4, 4, 3, 0]
     for bad in (5, -6):
-        with pytest.raises(ValueError, match=f"hidden_layer {bad} out of range"):
+        with pytest.raises(HybridReasonError, match=f"hidden_layer {bad} out of range"):
             resolve_layer(bad, 4)
+
+
+def test_hidden_layer_out_of_range_names_the_key_before_weights_load(tiny, tmp_path):
+    weights = Path(tiny["qwen2"]) / "model.safetensors"
+    assert check_backbone(BackboneSpec(name=tiny["qwen2"], hidden_layer=-2)) == NUM_LAYERS - 1
+    with pytest.raises(HybridReasonError, match=r"^model.backbone.hidden_layer 9 out of range for a model with 4 layers"):
+        check_backbone(BackboneSpec(name=tiny["qwen2"], hidden_layer=9), key="model.backbone")
+    # the same from Backbone.load, with the weights unreadable: the layer is checked first
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text((Path(tiny["qwen2"]) / "config.json").read_text())
+    (tmp_path / "m" / "model.safetensors").write_bytes(weights.read_bytes()[:100])
+    (tmp_path / "m" / "tokenizer").symlink_to(Path(tiny["qwen2"]) / "tokenizer")
+    with pytest.raises(HybridReasonError, match=r"^backbone.hidden_layer -6 out of range"):
+        Backbone.load(BackboneSpec(name=str(tmp_path / "m"), hidden_layer=-6))
+    with pytest.raises(HybridReasonError, match=r"cannot read its weights in .*/m \("):
+        Backbone.load(BackboneSpec(name=str(tmp_path / "m")))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("dtype", "bf16", r"backbone.dtype must be one of \('auto', 'float32', 'bfloat16', 'float16'\), got 'bf16'"),
+    ("quantization", "3bit", r"backbone.quantization must be one of \(None, '4bit', '8bit'\)"),
+    ("lora_rank", -1, "backbone.lora_rank must be an integer >= 0, got -1"),
+    ("max_batch_tokens", 0, "backbone.max_batch_tokens must be an integer >= 1, got 0"),
+    ("name", "", "backbone.name must be a model name or path"),
+])
+def test_backbone_spec_values_are_checked_when_the_spec_is_built(key, value, message):
+    with pytest.raises(HybridReasonError, match=message):
+        BackboneSpec(**{key: value})
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "bert"])
@@ -251,6 +296,39 @@ def test_right_padded_batch_equals_each_example_alone(tiny, arch):
         assert batch.token_mask[b].sum() == n and batch.tokens[b, n:].abs().sum() == 0
 
 
+def test_micro_batches_keep_padding_within_the_token_budget():
+    lengths = [100, 40, 30, 30, 5]  # sorted longest first
+    assert micro_batches(lengths, None, range(5)) == [[0, 1, 2, 3, 4]]
+    assert micro_batches(lengths, 120, range(5)) == [[0], [1, 2, 3], [4]]  # 40 x 3 = 120 fits, 40 x 4 does not
+    assert micro_batches(lengths, 50, [7, 8, 9, 10, 11]) == [[7], [8], [9], [10], [11]]  # a row over budget runs alone
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "bert"])
+def test_micro_batched_encode_equals_each_row_alone_and_counts_padding(tiny, arch):
+    backbone = load(tiny[arch], hidden_layer=-1)
+    rng = random.Random(3)
+    texts = [grid_text(rng, rng.randint(1, 8), rng.randint(2, 9)) for _ in range(7)]
+    spans = [[(0, 1), None, (len(t) - 1, len(t))] for t in texts]
+    lengths = [len(backbone.tokenizer(t)["input_ids"]) for t in texts]
+    budget = 2 * max(lengths)  # forces several micro-batches of at most two long rows
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    groups = micro_batches([lengths[i] for i in order], budget, order)
+    assert 1 < len(groups) < len(texts)
+    batched = backbone.encode(texts, spans, with_tokens=True, max_batch_tokens=budget)
+    micro = backbone.padded_tokens
+    assert backbone.real_tokens == sum(lengths)
+    assert micro == sum(len(g) * max(lengths[i] for i in g) for g in groups) <= budget * len(groups)
+    assert batched.tokens.shape[1] == max(lengths)
+    for b in range(len(texts)):  # every row comes back in its own place, equal to its features alone
+        alone = backbone.encode([texts[b]], [spans[b]], with_tokens=True)
+        torch.testing.assert_close(batched.features[b], alone.features[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batched.tokens[b, : lengths[b]], alone.tokens[0], atol=1e-5, rtol=1e-5)
+        assert batched.empty[b].tolist() == [False, True, False]
+    one_pass = load(tiny[arch], hidden_layer=-1, max_batch_tokens=None)
+    one_pass.encode(texts, spans)
+    assert one_pass.padded_tokens == len(texts) * max(lengths) > micro  # one pass pads every row to the longest
+
+
 def test_prompt_longer_than_context_is_rejected_by_name(tmp_path):
     path = tiny_backbone(str(tmp_path / "short"), "llama", max_positions=64)
     backbone = load(path)
@@ -301,15 +379,30 @@ def test_identity_fingerprint_and_hidden_size(tiny):
     assert len(a.tokenizer_fingerprint) == 16
 
 
-def test_bfloat16_weights_still_give_float32_features(tiny):
+def test_bfloat16_weights_still_give_float32_features_and_warn_on_cpu(tiny):
     fp32 = load(tiny["qwen2"], hidden_layer=2).encode(["12 ab"], [[(0, 2), (3, 5)]])
     backbone = load(tiny["qwen2"], hidden_layer=2, dtype="bfloat16").to("cpu")
     assert backbone.device == torch.device("cpu") and next(backbone.model.parameters()).dtype == torch.bfloat16
-    bf16 = backbone.encode(["12 ab"], [[(0, 2), (3, 5)]])
+    with pytest.warns(UserWarning, match="runs in bfloat16 on CPU, about 3x slower than float32"):
+        bf16 = backbone.encode(["12 ab"], [[(0, 2), (3, 5)]])
     assert bf16.features.dtype == torch.float32
     torch.testing.assert_close(bf16.features, fp32.features, atol=0.1, rtol=0.05)
-    with pytest.raises(ValueError, match="not a torch floating dtype"):
-        load(tiny["qwen2"], dtype="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone.encode(["3"], [[(0, 1)]])  # once is enough
+        load(tiny["qwen2"], hidden_layer=2).encode(["3"], [[(0, 1)]])  # float32: no warning
+
+
+def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_cuda(tiny):
+    assert BackboneSpec().dtype == "auto"
+    assert torch_dtype("auto") == torch_dtype("auto", "cpu") == torch.float32
+    assert torch_dtype("auto", "cuda:0") == torch.bfloat16 and torch_dtype("bfloat16", "cpu") == torch.bfloat16
+    backbone = load(tiny["qwen2"], hidden_layer=2)
+    assert backbone.dtype == torch.float32 and "|float32|" in backbone.cache_identity
+    if torch.cuda.is_available():  # the device machine: auto follows the backbone to CUDA and back
+        backbone.to("cuda")
+        assert backbone.dtype == torch.bfloat16 and "|bfloat16|" in backbone.cache_identity
+        assert backbone.to("cpu").dtype == torch.float32
 
 
 def test_minilm_encoder_backbone_works():

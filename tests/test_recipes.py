@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.training.data import task_from_spec
 from hybrid_reason.training.recipe_cli import main, parse_recipe
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 GPU_RECIPES = {"arc_qwen.yaml": "arc1", "arc2_qwen.yaml": "arc2", "sudoku_qwen.yaml": "sudoku", "maze_qwen.yaml": "maze"}
+BASES = {"arc2_qwen.yaml": "arc_qwen.yaml"}  # overlays, given after their base: --config base --config overlay
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,8 @@ def test_recipe_parses_and_its_task_builds(name):
 
 @pytest.mark.parametrize("name, task", sorted(GPU_RECIPES.items()))
 def test_gpu_recipes_scale_trm_to_qwen(name, task):
-    config = parse_recipe(str(RECIPES / name))
+    config = parse_recipe(str(RECIPES / BASES[name]), "--config", str(RECIPES / name)) if name in BASES \
+        else parse_recipe(str(RECIPES / name))
     assert config.data.task["name"] == task
     assert config.model.backbone.name == "Qwen/Qwen2.5-0.5B-Instruct" and config.model.backbone.dtype == "bfloat16"
     assert config.trainer.accelerator == "gpu" and config.trainer.precision == "bf16-mixed"
@@ -59,6 +62,7 @@ def test_demo_recipe_is_offline_and_cpu():
     config = parse_recipe(str(RECIPES / "demo_cpu.yaml"))
     assert config.model.backbone.name == "smollm2-135m" and config.trainer.accelerator == "cpu"
     assert config.trainer.precision == "32-true" and config.trainer.devices == 1
+    assert config.model.backbone.dtype == "auto"  # float32 on this CPU
 
 
 def test_overrides_and_bad_keys():
@@ -66,6 +70,10 @@ def test_overrides_and_bad_keys():
     assert config.model.core.n == 6
     with pytest.raises(SystemExit):
         parse_recipe(str(RECIPES / "demo_cpu.yaml"), "--model.core.zzz", "6")
+    with pytest.raises(HybridReasonError, match=r"^model.core.n must be an integer >= 1, got 0$"):
+        parse_recipe(str(RECIPES / "demo_cpu.yaml"), "--model.core.n", "0")
+    with pytest.raises(HybridReasonError, match=r"^model.backbone.max_batch_tokens must be an integer >= 1, got 0$"):
+        parse_recipe(str(RECIPES / "demo_cpu.yaml"), "--model.backbone.max_batch_tokens", "0")
 
 
 @pytest.mark.slow

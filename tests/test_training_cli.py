@@ -14,7 +14,11 @@ import torch
 import yaml
 from test_training_common import TASK, backbone_path  # noqa: F401
 
-from hybrid_reason.training.recipe_cli import export_main, main
+from hybrid_reason import cli
+from hybrid_reason.errors import HybridReasonError
+from hybrid_reason.model.configuration import HybridReasonerConfig
+from hybrid_reason.model.modeling import HybridReasoner
+from hybrid_reason.training.recipe_cli import export_main, fit_summary, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +51,7 @@ def write_recipe(path, backbone: str, root: str, **changes) -> str:
     return str(path)
 
 
-def test_fit_exports_a_model_that_loads_in_a_new_process(backbone_path, tmp_path, capsys):
+def test_fit_exports_a_model_that_loads_in_a_new_process(backbone_path, tmp_path, capsys):  # noqa: F811
     recipe = write_recipe(tmp_path / "tiny.yaml", backbone_path, str(tmp_path / "runs"))
     cli = main(["fit", "--config", recipe, "--model.core.n", "3"])
     assert cli.model.model.config.core["n"] == 3  # the command-line override reached the model
@@ -71,7 +75,7 @@ def test_fit_exports_a_model_that_loads_in_a_new_process(backbone_path, tmp_path
     assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True), ema)  # the EMA weights were exported
 
 
-def test_validate_test_resume_and_export_from_a_checkpoint(backbone_path, tmp_path, capsys):
+def test_validate_test_resume_and_export_from_a_checkpoint(backbone_path, tmp_path, capsys):  # noqa: F811
     recipe = write_recipe(tmp_path / "tiny.yaml", backbone_path, str(tmp_path / "runs"))
     main(["fit", "--config", recipe])
     last = str(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt")
@@ -90,8 +94,23 @@ def test_validate_test_resume_and_export_from_a_checkpoint(backbone_path, tmp_pa
 
 def test_export_refuses_a_foreign_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(SystemExit, match="not a hybrid_reason training checkpoint"):
+    with pytest.raises(HybridReasonError, match="not a hybrid_reason training checkpoint"):
         export_main([str(tmp_path / "other.ckpt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_progress_bar_counts_steps_and_fit_ends_with_a_whole_sentence(backbone_path, tmp_path, capsys):  # noqa: F811
+    recipe = write_recipe(tmp_path / "tiny.yaml", backbone_path, str(tmp_path / "runs"), trainer__enable_progress_bar=True,
+                          trainer__limit_val_batches=0, trainer__log_every_n_steps=50)  # no validation, no metrics
+    main(["fit", "--config", recipe, "--trainer.max_steps", "4"])
+    out = capsys.readouterr().out
+    bar = [line for line in out.splitlines() if line.startswith("Training")]
+    assert bar and "4/4" in bar[-1] and "train/loss" in bar[-1], out
+    assert "Epoch" not in out and "v_num" not in out and "/-2" not in out
+    summary = [line for line in out.splitlines() if " steps in " in line]
+    assert len(summary) == 1 and summary[0].startswith("hybrid-reason: 4 steps in ") and summary[0].endswith(" s")
+    assert fit_summary(6, 228.2, {}) == "6 steps in 228 s"
+    assert fit_summary(6, 71, {"val/exact_acc": torch.tensor(0.5), "train/loss": 1.0}) == "6 steps in 71 s; val/exact_acc=0.5"
 
 
 @pytest.mark.parametrize(
@@ -104,17 +123,18 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path):
         ({"data__task": dict(TASK, lenght=4)}, [], "lenght"),  # unknown task option
         ({"data__task": dict(TASK, name="sorting")}, [], "sorting"),  # unknown task
         ({"model__init_from": "SAVED"}, [], "answer_vocab_size"),  # a model of another vocabulary
+        ({}, ["--model.core.T", "0"], "model.core.T"),  # a value out of range
     ],
 )
 def test_bad_recipes_fail_before_any_model_loads(tmp_path, capsys, changes, args, named):
-    saved = tmp_path / "saved"  # a saved model for a 4-value Sort: its vocabulary does not fit TASK's
-    saved.mkdir()
-    (saved / "config.json").write_text(json.dumps({"model_type": "hybrid_reason", "task": {"name": "sort"},
-                                                   "answer_vocab_size": 4, "num_slots": 4, "backbone_hidden_size": 8}))
-    changes = {k: (str(saved) if v == "SAVED" else v) for k, v in changes.items()}
+    config = HybridReasonerConfig(core={"d_model": 8, "num_heads": 2, "num_layers": 1}, task={"name": "sort"},
+                                  answer_vocab_size=4, num_slots=4, backbone_hidden_size=8)
+    HybridReasoner(config).save_pretrained(tmp_path / "saved")  # a 4-value Sort: its vocabulary does not fit TASK's
+    changes = {k: (str(tmp_path / "saved") if v == "SAVED" else v) for k, v in changes.items()}
     # The backbone does not exist: any error about it would mean a model started loading.
     recipe = write_recipe(tmp_path / "bad.yaml", str(tmp_path / "no-such-backbone"), str(tmp_path / "runs"), **changes)
-    with pytest.raises(SystemExit):
-        main(["fit", "--config", recipe, *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["fit", "--config", recipe, *args])
     err = capsys.readouterr().err
-    assert named in err and "no-such-backbone" not in err.split("error:")[-1]
+    assert exited.value.code == 2 and named in err and "no-such-backbone" not in err.split("error:")[-1]
+    assert not (tmp_path / "runs").exists()

@@ -11,6 +11,11 @@ Semantics, in one place:
   stream after layer i. For the last layer it is ``last_hidden_state``, i.e. after the model's final
   norm for decoders that have one (what HF's ``hidden_states[-1]`` and the LM head see). Layers above
   ``hidden_layer`` are never loaded nor run; the forward stops right after layer ``hidden_layer``.
+* Rows run in length-sorted micro-batches whose padded size stays within ``max_batch_tokens``
+  (a long prompt runs alone instead of padding the whole batch to its length); ``real_tokens`` and
+  ``padded_tokens`` count what the forward passes held, for the training logs.
+* ``dtype: auto`` (the default) is float32 on CPU and bfloat16 on CUDA, and follows the backbone when
+  ``.to(device)`` moves it; a bfloat16 backbone running on CPU (about 3x slower there) warns once.
 * Prompts are right-padded. With right padding every real token keeps its position ids 0..n-1 and,
   being before all pads, never attends to one in a causal model; an encoder masks pad keys out. So a
   real token's hidden state is the same batched or alone (tested). Left padding would shift
@@ -24,17 +29,29 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import HybridReasonError
 from .encoded import Encoded, Span, check_batch, label_of, pool_spans, slot_token_ranges
 from .feature_cache import FeatureCache
-from .loading import (_UNLIMITED, BackboneSpec, add_lora, find_layers, load_model, load_tokenizer, materialize,
-                      tokenizer_fingerprint, weights_stamp)
+from .loading import (
+    _UNLIMITED,
+    BackboneSpec,
+    add_lora,
+    find_layers,
+    load_model,
+    load_tokenizer,
+    materialize,
+    tokenizer_fingerprint,
+    torch_dtype,
+    weights_stamp,
+)
 
 
 @dataclass(frozen=True)
@@ -76,20 +93,26 @@ class Backbone(nn.Module):
         self.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
         self._weights_stamp = weights_stamp(getattr(model, "name_or_path", ""))
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        self.real_tokens = 0  # prompt tokens the forward passes ran (cumulative)
+        self.padded_tokens = 0  # positions they ran, padding included (rows x longest row, per micro-batch)
+        self._warned_cpu_half = False
 
     @classmethod
     def load(cls, spec: BackboneSpec | None = None, cache: FeatureCache | bool = True,
-             lora_path: str | None = None, device: str | torch.device | None = None) -> "Backbone":
+             lora_path: str | None = None, device: str | torch.device | None = None) -> Backbone:
         """Load a backbone from ``spec`` (default: smollm2-135m, last layer).
 
         cache: True = a fresh in-memory FeatureCache (1 GiB), False = none, or a FeatureCache to share
         (with a directory: features persist across runs). Caching is off with LoRA. lora_path: a saved
         peft adapter to load (trainable). device: load the weights straight onto this device.
+        ``name: none`` gives the no-LLM ``SymbolBackbone`` (backbone/symbols.py) instead.
         """
         spec = spec or BackboneSpec()
-        if spec.lora_rank < 0:
-            raise ValueError(f"backbone lora_rank must be >= 0, got {spec.lora_rank}")
-        path = materialize(spec.name)
+        if spec.name == "none":  # no LLM: learned symbol embeddings (symbols.NO_LLM)
+            from .symbols import SymbolBackbone
+
+            return SymbolBackbone.load(spec, cache, lora_path, device)
+        path = materialize(spec.name, spec.revision)
         tokenizer = load_tokenizer(path, spec.revision)
         model, layer, num_layers = load_model(path, spec, device)
         # compared by identity: an empty FeatureCache is falsy
@@ -118,13 +141,29 @@ class Backbone(nn.Module):
         return next(self.model.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype the weights compute in (``dtype: auto`` resolved for the current device)."""
+        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+
+    @property
     def cache_identity(self) -> str:
         """Everything besides the text, spans and layer that determines the features (cache key prefix)."""
         s = self.spec
-        return (f"{s.name}@{s.revision}|{s.quantization}|{s.dtype}|tok={self.tokenizer_fingerprint}"
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (f"{s.name}@{s.revision}|{s.quantization}|{dtype}|tok={self.tokenizer_fingerprint}"
                 f"|weights={self._weights_stamp}")
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def to(self, *args, **kwargs) -> Backbone:
+        """``nn.Module.to``; with ``dtype: auto`` (and no quantization) the weights also take the new
+        device's dtype (bfloat16 on CUDA, float32 elsewhere), cast before the move."""
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None and self.spec.dtype == "auto" and self.spec.quantization is None:
+            want = torch_dtype("auto", device)
+            if self.dtype != want:
+                self.model.to(want)
+        return super().to(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> Backbone:
         """Record ``mode`` but keep the network in eval mode: the backbone never trains dropout/norms."""
         super().train(mode)
         self.model.eval()
@@ -157,6 +196,7 @@ class Backbone(nn.Module):
         Below the last layer a hook on the chosen block raises to end the forward there, so call
         this rather than ``self.model`` directly. Runs under no_grad unless LoRA is on.
         """
+        self._warn_half_on_cpu()
         grad = contextlib.nullcontext() if self.has_lora else torch.no_grad()
         with grad:
             self._captured = None
@@ -167,19 +207,32 @@ class Backbone(nn.Module):
                 captured, self._captured = self._captured, None
                 return captured
 
+    def _warn_half_on_cpu(self) -> None:
+        """Warn once when a bfloat16/float16 backbone runs on CPU, where it is about 3x slower than float32."""
+        if self._warned_cpu_half or self.device.type != "cpu" or self.dtype not in (torch.bfloat16, torch.float16):
+            return
+        self._warned_cpu_half = True
+        warnings.warn(f"backbone {self.spec.name!r} runs in {str(self.dtype).removeprefix('torch.')} on CPU, about 3x "
+                      "slower than float32 there: set backbone.dtype to auto or float32", stacklevel=3)
+
     # ------------------------------------------------------------------ encode
     def encode(self, texts: list[str], slot_spans: list[list[Span]], with_tokens: bool = False,
-               names: list[str] | None = None) -> Encoded:
+               names: list[str] | None = None, max_batch_tokens: int | None = None) -> Encoded:
         """Slot features of a batch: each slot's mean hidden state over the tokens its span overlaps.
 
         texts: B prompts. slot_spans: per prompt, S (start, end) char spans or None (empty slot).
         with_tokens: also return every token's state (for the resampler). names: per-prompt names
-        used in errors. Examples found in the feature cache are not run again.
+        used in errors. max_batch_tokens: bound on rows x longest row of one forward pass (default:
+        ``spec.max_batch_tokens``); rows run longest first in micro-batches within it. Examples found
+        in the feature cache are not run again.
         """
         names = list(names) if names is not None else None
         check_batch(texts, slot_spans, names)
+        budget = max_batch_tokens if max_batch_tokens is not None else self.spec.max_batch_tokens
+        if budget is not None and budget < 1:
+            raise HybridReasonError(f"max_batch_tokens must be >= 1, got {budget}")
         if self.cache is None or self.has_lora:
-            return self._run(texts, slot_spans, with_tokens, names, range(len(texts)))
+            return self._run(texts, slot_spans, with_tokens, names, range(len(texts)), budget)
         identity = self.cache_identity
         keys = [FeatureCache.make_key(identity, self.layer, t, s) for t, s in zip(texts, slot_spans)]
         rows: list[Encoded | None] = [self._cached(k, with_tokens) for k in keys]
@@ -189,7 +242,8 @@ class Backbone(nn.Module):
                 first_miss.setdefault(keys[i], i)
         if first_miss:
             misses = list(first_miss.values())
-            fresh = self._run([texts[i] for i in misses], [slot_spans[i] for i in misses], with_tokens, names, misses)
+            fresh = self._run([texts[i] for i in misses], [slot_spans[i] for i in misses], with_tokens, names, misses,
+                              budget)
             ran = {keys[i]: fresh.select([j]).trimmed() for j, i in enumerate(misses)}
             for key, row in ran.items():
                 self.cache.put(key, _entry(row))
@@ -208,20 +262,34 @@ class Backbone(nn.Module):
                        torch.ones(tokens.shape[:2], dtype=torch.bool))
 
     def _run(self, texts: list[str], slot_spans: list[list[Span]], with_tokens: bool,
-             names: list[str] | None, indices: Sequence[int]) -> Encoded:
-        """Tokenize, run the truncated model once on the batch and pool slot features."""
+             names: list[str] | None, indices: Sequence[int], budget: int | None = None) -> Encoded:
+        """Tokenize, run the truncated model on length-sorted micro-batches and pool slot features
+        (rows come back in the order given)."""
         labels = [label_of(names, i) for i in indices]
         batch = self.tokenizer(list(texts), return_offsets_mapping=True, add_special_tokens=True)
         lengths = [len(ids) for ids in batch["input_ids"]]
         for n, label in zip(lengths, labels):
             if self.context_length is not None and n > self.context_length:
-                raise ValueError(f"example {label} has {n} tokens, more than {self.spec.name}'s context "
-                                 f"of {self.context_length}")
+                raise HybridReasonError(f"example {label} has {n} tokens, more than {self.spec.name}'s context "
+                                        f"of {self.context_length}")
         ranges = [slot_token_ranges(np.asarray(off, dtype=np.int64).reshape(-1, 2), spans, label, text)
                   for off, spans, label, text in zip(batch["offset_mapping"], slot_spans, labels, texts)]
-        input_ids, mask, valid = self._pad(batch, lengths)
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory peaks at once
+        parts = [self._forward_rows(batch, lengths, ranges, rows, with_tokens)
+                 for rows in micro_batches([lengths[i] for i in order], budget, order)]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.as_tensor(order)] = torch.arange(len(order))
+        return parts[0] if len(parts) == 1 and order == sorted(order) else Encoded.cat(parts).select(inverse)
+
+    def _forward_rows(self, batch, lengths: list[int], ranges: list, rows: list[int], with_tokens: bool) -> Encoded:
+        """One forward pass over the rows ``rows`` of a tokenized batch: their pooled slot features."""
+        sub = {key: [batch[key][i] for i in rows] for key in ("input_ids", "offset_mapping")}
+        sub_lengths = [lengths[i] for i in rows]
+        input_ids, mask, valid = self._pad(sub, sub_lengths)
+        self.real_tokens += sum(sub_lengths)
+        self.padded_tokens += len(rows) * max(sub_lengths)
         states = self.hidden_states(input_ids, mask)
-        first, last, empty = (torch.as_tensor(np.stack(x), device=states.device) for x in zip(*ranges))
+        first, last, empty = (torch.as_tensor(np.stack(x), device=states.device) for x in zip(*[ranges[i] for i in rows]))
         features = pool_spans(states, valid.to(states.device), first, last, empty)
         if not with_tokens:
             return Encoded(features, empty)
@@ -250,6 +318,18 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, hidden_layer={self.layer}/{self.num_layers}, lora={self.has_lora}"
+
+
+def micro_batches(lengths: Sequence[int], budget: int | None, rows: Sequence[int]) -> list[list[int]]:
+    """Split ``rows`` (sorted longest first, ``lengths`` theirs) into consecutive groups whose padded
+    size, rows x longest row, stays within ``budget``; a row longer than the budget runs alone."""
+    groups: list[tuple[list[int], int]] = []  # (rows, the first (longest) row's length)
+    for row, n in zip(rows, lengths):
+        if groups and (budget is None or (len(groups[-1][0]) + 1) * groups[-1][1] <= budget):
+            groups[-1][0].append(row)
+        else:
+            groups.append(([row], n))
+    return [g for g, _ in groups]
 
 
 def _entry(row: Encoded) -> dict[str, Tensor]:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 from safetensors.torch import load_file, save
 from torch import Tensor

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields, is_dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from transformers import PreTrainedConfig
 
+from ..errors import HybridReasonError
 from .core import CoreConfig
 
-_LOSSES = ("stablemax", "softmax")
+Loss = Literal["stablemax", "softmax"]
+# top-level integer fields and their least value
+_MINIMUMS = {"answer_vocab_size": 1, "num_slots": 1, "num_context_slots": 0, "num_puzzle_ids": 0,
+             "puzzle_prefix_len": 1, "halt_max_steps": 1}
 
 
 def _as_dict(value: Any, name: str) -> dict | None:
@@ -18,7 +22,7 @@ def _as_dict(value: Any, name: str) -> dict | None:
         return value
     if is_dataclass(value):
         return asdict(value)
-    raise TypeError(f"config.{name} must be a dict or a dataclass, got {type(value).__name__}")
+    raise HybridReasonError(f"config.{name} must be a dict or a dataclass, got {type(value).__name__}")
 
 
 def _check_keys(section: dict, allowed: type, name: str) -> None:
@@ -26,7 +30,7 @@ def _check_keys(section: dict, allowed: type, name: str) -> None:
     known = {f.name for f in fields(allowed)}
     for key in section:
         if key not in known:
-            raise ValueError(f"unknown key {name}.{key}; known keys: {', '.join(sorted(known))}")
+            raise HybridReasonError(f"unknown key {name}.{key}; known keys: {', '.join(sorted(known))}")
 
 
 class HybridReasonerConfig(PreTrainedConfig):
@@ -54,7 +58,7 @@ class HybridReasonerConfig(PreTrainedConfig):
     puzzle_prefix_len: int = 16  # prefix slots reserved for the ID embedding (TRM: 16)
     halt_max_steps: int = 16  # N_sup
     halt_exploration_prob: float = 0.1
-    loss: str = "stablemax"
+    loss: Loss = "stablemax"
     halt_loss_weight: float = 0.5
     backbone_hidden_size: int | None = None
     backbone_tokenizer: str | None = None
@@ -67,12 +71,25 @@ class HybridReasonerConfig(PreTrainedConfig):
         self.task = _as_dict(self.task, "task")
         _check_keys(self.backbone, BackboneSpec, "backbone")
         _check_keys(self.core, CoreConfig, "core")
-        CoreConfig(**self.core)  # validates values
-        if self.loss not in _LOSSES:
-            raise ValueError(f"config.loss must be one of {_LOSSES}, got {self.loss!r}")
-        if self.num_context_slots and self.num_puzzle_ids:
-            raise ValueError("config: use either num_context_slots (in-context) or num_puzzle_ids (TRM's ID), not both")
+        BackboneSpec(**self.backbone)  # validates values (dtype, quantization, ...), once, where they are declared
+        CoreConfig(**self.core)
+        self._check_values()
         super().__post_init__(**kwargs)
+
+    def _check_values(self) -> None:
+        """Top-level values in range (one-line ``HybridReasonError`` naming the key)."""
+        if self.loss not in get_args(Loss):
+            raise HybridReasonError(f"config.loss must be one of {get_args(Loss)}, got {self.loss!r}")
+        for key, low in _MINIMUMS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise HybridReasonError(f"config.{key} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            raise HybridReasonError(f"config.halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob}")
+        if self.halt_loss_weight < 0:
+            raise HybridReasonError(f"config.halt_loss_weight must be >= 0, got {self.halt_loss_weight}")
+        if self.num_context_slots and self.num_puzzle_ids:
+            raise HybridReasonError("config: use either num_context_slots (in-context) or num_puzzle_ids (TRM's ID), not both")
 
     @property
     def core_config(self) -> CoreConfig:

@@ -166,12 +166,12 @@ class HybridReasoner(PreTrainedModel):
         """Use ``backbone``; record its shape, or check it matches the one this model was trained on."""
         cfg = self.config
         if cfg.backbone_hidden_size not in (None, backbone.hidden_size):
-            raise ValueError(
+            raise HybridReasonError(
                 f"backbone {backbone.identity!r} has hidden size {backbone.hidden_size}, but this model was "
                 f"trained on one of hidden size {cfg.backbone_hidden_size} (config.backbone_hidden_size)"
             )
         if cfg.backbone_tokenizer not in (None, backbone.tokenizer_fingerprint):
-            raise ValueError(
+            raise HybridReasonError(
                 f"backbone {backbone.identity!r} has tokenizer {backbone.tokenizer_fingerprint}, but this model was "
                 f"trained with tokenizer {cfg.backbone_tokenizer} (config.backbone_tokenizer)"
             )
