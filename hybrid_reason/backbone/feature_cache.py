@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 
+from cachetools import LRUCache
 from safetensors.torch import load_file, save
 from torch import Tensor
 
@@ -41,8 +41,7 @@ class FeatureCache:
         self.directory = os.fspath(directory) if directory is not None else None
         if self.directory is not None:
             os.makedirs(self.directory, exist_ok=True)
-        self._memory: OrderedDict[str, Entry] = OrderedDict()
-        self.nbytes = 0
+        self._memory: LRUCache[str, Entry] = LRUCache(maxsize=max_bytes, getsizeof=entry_nbytes)
         self.hits = 0
         self.misses = 0
 
@@ -53,6 +52,11 @@ class FeatureCache:
         payload = json.dumps([backbone, int(layer), text, spans], ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the entries held in memory."""
+        return int(self._memory.currsize)
+
     def __len__(self) -> int:
         return len(self._memory)
 
@@ -61,10 +65,8 @@ class FeatureCache:
 
     def get(self, key: str) -> Entry | None:
         """The entry under ``key`` (memory first, then disk), or None. Marks it most recently used."""
-        entry = self._memory.get(key)
-        if entry is not None:
-            self._memory.move_to_end(key)
-        elif (path := self._path(key)) is not None and os.path.exists(path):
+        entry = self._memory.get(key)  # a hit makes it the most recently used
+        if entry is None and (path := self._path(key)) is not None and os.path.exists(path):
             entry = load_file(path)
             self._remember(key, entry)
         if entry is None:
@@ -83,21 +85,13 @@ class FeatureCache:
     def clear(self) -> None:
         """Forget the in-memory entries (files on disk stay)."""
         self._memory.clear()
-        self.nbytes = 0
 
     def _path(self, key: str) -> str | None:
         """The file of ``key`` on disk, or None without a directory."""
         return None if self.directory is None else os.path.join(self.directory, f"{key}.safetensors")
 
     def _remember(self, key: str, entry: Entry) -> None:
-        """Insert into the in-memory LRU and evict the oldest entries until under the byte bound."""
-        if key in self._memory:
-            self.nbytes -= entry_nbytes(self._memory.pop(key))
-        size = entry_nbytes(entry)
-        if size > self.max_bytes:
-            return
-        self._memory[key] = entry
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, old = self._memory.popitem(last=False)
-            self.nbytes -= entry_nbytes(old)
+        """Insert into the in-memory LRU, which evicts the oldest entries past the byte bound."""
+        self._memory.pop(key, None)
+        if entry_nbytes(entry) <= self.max_bytes:
+            self._memory[key] = entry
