@@ -16,7 +16,8 @@ from pathlib import Path
 # the import closure of modeling.py and configuration.py, as paths below the package root
 CLOSURE = (
     "errors", "utils/atomic_io", "backbone/encoded", "backbone/feature_cache", "backbone/loading",
-    "backbone/backbone", "model/core", "model/losses", "model/configuration", "model/modeling", "model/remote_code",
+    "backbone/backbone", "backbone/symbols", "model/core", "model/losses", "model/configuration", "model/modeling",
+    "model/remote_code",
 )
 AUTO_MAP = {"AutoConfig": "configuration.HybridReasonerConfig", "AutoModel": "modeling.HybridReasoner"}
 _RELATIVE = re.compile(r"^(\s*from\s+)\.+(?:\w+\.)*(\w+)(\s+import\b)", re.MULTILINE)

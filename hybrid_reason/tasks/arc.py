@@ -22,6 +22,9 @@ Slots: a 30x30 canvas, row-major. Slot (r + i, c + j) reads the character of tes
 where (r, c) is the canvas offset (0, 0 unless a training augmentation translates); other slots read
 nothing. Labels: the output colours, an EOS frame on the row below and the column right of the output
 (no corner, as TRM), IGNORE elsewhere. Vocabulary: PAD 0, EOS 1, colour c -> c + 2.
+
+With the option ``demo_slots``, the demonstration grids follow the canvas as slots of their own, so
+that the core sees every demonstration cell (``arc_layout`` has the layout); decoding reads the canvas.
 """
 
 from __future__ import annotations
@@ -46,12 +49,27 @@ from .arc_data import (
     select_tasks,
     validate_all,
 )
+from .arc_layout import (
+    CANVAS,
+    COLOUR0,
+    EOS,
+    PAD,
+    Prompt,
+    build_prompt,
+    canvas_labels,
+    canvas_spans,
+    check_demo_fit,
+    check_demo_rows,
+    crop_canvas,
+    demo_slot_count,
+    demo_spans,
+    drop_order,
+)
 from .base import BUDGET_STATS, IGNORE, PromptBudget, Rendered, Task
 from .dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
 from .grid_text import digits_text, last_grid_end, last_json_grid
 
-PAD, EOS, COLOUR0 = 0, 1, 2
-CANVAS = MAX_SIDE
+__all__ = ["CANVAS", "COLOUR0", "EOS", "PAD", "Arc2Task", "ArcAugmentation", "ArcTask", "crop_canvas"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,10 @@ class ArcTask(Task):
         on_too_long: a query whose prompt cannot fit the budget even with one demonstration is an
             "error" (at load time, naming it), or is "skip"ped: dropped at load time and counted
             (``budget_stats``).
+        demo_slots: the demonstration grids also become slots of the core's sequence, after the canvas:
+            ``max_demos`` pairs of ``demo_side x demo_side`` blocks (``arc_layout``), so ``num_slots`` is
+            900 + max_demos * 2 * demo_side^2. A query with more than ``max_demos`` demonstrations, or a
+            demonstration grid larger than ``demo_side``, is an error at load time naming the task.
     """
 
     name: ClassVar[str] = "arc1"
@@ -112,7 +134,11 @@ class ArcTask(Task):
     max_grid_side: int | None = None
     task_ids: list[str] | str | None = None
     on_too_long: Literal["error", "skip"] = "error"
+    demo_slots: bool = False
+    demo_side: int = 10
+    max_demos: int = 4
     _tasks: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _demos_checked: set = field(default_factory=set, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for option, value, allowed in (
@@ -125,6 +151,11 @@ class ArcTask(Task):
             raise HybridReasonError(f"{self.name}: max_grid_side must be in 1..{MAX_SIDE}, got {self.max_grid_side}")
         if isinstance(self.task_ids, list):
             read_task_ids(self.task_ids)  # checks the list now; a file is read when the tasks load
+        for option, low, high in (("demo_side", 1, MAX_SIDE), ("max_demos", 1, None)):
+            value = getattr(self, option)
+            if value < low or (high is not None and value > high):
+                bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+                raise HybridReasonError(f"{self.name}: {option} must be {bounds}, got {value}")
 
     # ---- vocabulary and data --------------------------------------------------------------------
     @property
@@ -134,8 +165,17 @@ class ArcTask(Task):
 
     @property
     def num_slots(self) -> int:
-        """The 30x30 canvas."""
-        return CANVAS * CANVAS
+        """The 30x30 canvas (then the demonstration slots, with ``demo_slots``)."""
+        return CANVAS * CANVAS + (demo_slot_count(self.max_demos, self.demo_side) if self.demo_slots else 0)
+
+    def _loaded(self, split: str, budget: PromptBudget | None) -> tuple[Dataset, list]:
+        """``Task._loaded``; with ``demo_slots``, every row of the split is checked once to fit them."""
+        loaded = super()._loaded(split, budget)
+        if self.demo_slots and split not in self._demos_checked:
+            columns = self._datasets[split].select_columns(["id", "task_id", "demonstrations"])[:]  # before skips
+            check_demo_rows(columns["id"], columns["task_id"], columns["demonstrations"], self.max_demos, self.demo_side)
+            self._demos_checked.add(split)
+        return loaded
 
     def tasks(self) -> tuple[dict, dict]:
         """(training, evaluation) validated tasks: task id -> (task, origin). Loaded once."""
@@ -205,8 +245,15 @@ class ArcTask(Task):
         demos = [(aug.grid(d["input"]), aug.grid(d["output"])) for d in row["demonstrations"]]
         test_in = aug.grid(row["test_input"])
         test_out = None if row["test_output"] is None else aug.grid(row["test_output"])
-        text, start, kept = self._fit_text(row, demos, test_in, budget)
+        if self.demo_slots:
+            check_demo_fit(row["task_id"], row["id"], demos, self.max_demos, self.demo_side)
+        prompt, shown = self._fit_text(row, demos, test_in, budget)
         offset = self._offset(aug, test_in, test_out)
+        spans = canvas_spans(prompt.query_start, test_in.shape, offset)
+        labels = canvas_labels(test_out, offset)
+        if self.demo_slots:
+            spans += demo_spans(demos, shown, prompt.demo_starts, self.max_demos, self.demo_side)
+            labels += [IGNORE] * (self.num_slots - len(labels))
         meta = {
             "id": row["id"],
             "task_id": row["task_id"],
@@ -215,25 +262,25 @@ class ArcTask(Task):
             "offset": offset,
             "input_shape": test_in.shape,
             "output_shape": None if test_out is None else test_out.shape,
-            "demonstrations": kept,
-            "dropped_demonstrations": len(demos) - kept,
+            "demonstrations": len(shown),
+            "dropped_demonstrations": len(demos) - len(shown),
         }
-        return Rendered(text, _slot_spans(start, test_in.shape, offset), _labels(test_out, offset), meta)
+        return Rendered(prompt.text, spans, labels, meta)
 
     def _fit_text(
         self, row: dict, demos: list, test_in: np.ndarray, budget: PromptBudget | None
-    ) -> tuple[str, int, int]:
+    ) -> tuple[Prompt, list[int]]:
         """The prompt within the budget: drop whole demonstrations, largest first, keep at least one.
-        Returns (text, where the test input starts, demonstrations kept)."""
+        Returns (the prompt, the indices of the demonstrations it shows, in order)."""
         budget = self.effective_budget(budget)
-        kept, by_size = list(range(len(demos))), _drop_order(demos)
-        text, start = _prompt(demos, test_in)
-        while budget.max_tokens is not None and (n := budget.count(text)) > budget.max_tokens:
+        kept, by_size = list(range(len(demos))), drop_order(demos)
+        prompt = build_prompt(demos, test_in)
+        while budget.max_tokens is not None and (n := budget.count(prompt.text)) > budget.max_tokens:
             if len(kept) == 1:
                 raise self._too_long(row, n, budget)
             kept.remove(by_size.pop(0))
-            text, start = _prompt([demos[k] for k in kept], test_in)
-        return text, start, len(kept)
+            prompt = build_prompt([demos[k] for k in kept], test_in)
+        return prompt, kept
 
     def _too_long(self, row: dict, tokens: int, budget: PromptBudget, more: int = 0) -> HybridReasonError:
         """The error of a query that cannot fit the budget even with one demonstration."""
@@ -267,11 +314,11 @@ class ArcTask(Task):
         """Tokens of the shortest prompt ``render`` can make of ``row`` (the demonstration it keeps last),
         the larger of its two line layouts (a transform that transposes non-square grids changes them)."""
         demos = [(np.asarray(d["input"]), np.asarray(d["output"])) for d in row["demonstrations"]]
-        last = demos[_drop_order(demos)[-1]]
+        last = demos[drop_order(demos)[-1]]
         test_in = np.asarray(row["test_input"])
-        tokens = budget.count(_prompt([last], test_in)[0])
+        tokens = budget.count(build_prompt([last], test_in).text)
         if any(g.shape[0] != g.shape[1] for g in (*last, test_in)):
-            tokens = max(tokens, budget.count(_prompt([(last[0].T, last[1].T)], test_in.T)[0]))
+            tokens = max(tokens, budget.count(build_prompt([(last[0].T, last[1].T)], test_in.T).text))
         return tokens
 
     def budget_stats(self, split: str, budget: PromptBudget | None = None, *, per_task: bool = False) -> dict:
@@ -287,7 +334,7 @@ class ArcTask(Task):
             entry(task_id)
         for row in _plain_rows(rows) if self.effective_budget(budget).max_tokens is not None else ():
             demos = [(np.asarray(d["input"]), np.asarray(d["output"])) for d in row["demonstrations"]]
-            dropped = len(demos) - self._fit_text(row, demos, np.asarray(row["test_input"]), budget)[2]
+            dropped = len(demos) - len(self._fit_text(row, demos, np.asarray(row["test_input"]), budget)[1])
             entry(row["task_id"])["prompts_with_drops"] += dropped > 0
             entry(row["task_id"])["demonstrations_dropped"] += dropped
         if per_task:
@@ -306,8 +353,11 @@ class ArcTask(Task):
     # ---- answers --------------------------------------------------------------------------------
     def decode(self, pred_ids: Sequence[int] | np.ndarray, meta: dict) -> list[list[int]]:
         """Crop the canvas at the query's offset to the largest EOS/PAD-free rectangle, then undo the
-        augmentation. An empty crop gives ``[]``."""
-        ids = np.asarray(pred_ids).reshape(CANVAS, CANVAS)
+        augmentation. An empty crop gives ``[]``. Only the canvas is read (not the demonstration slots)."""
+        ids = np.asarray(pred_ids).reshape(-1)
+        if ids.size != self.num_slots:
+            raise ValueError(f"{self.name}: decode needs {self.num_slots} slot predictions, got {ids.size}")
+        ids = ids[: CANVAS * CANVAS].reshape(CANVAS, CANVAS)
         r, c = meta.get("offset", (0, 0))
         grid = crop_canvas(ids[r:, c:])
         if grid.size == 0:
@@ -355,57 +405,3 @@ def _plain_rows(rows: Dataset) -> list[dict]:
     columns = rows.select_columns(["id", "task_id", "demonstrations", "test_input"])[:]
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
-
-def _drop_order(demos: list[tuple[np.ndarray, np.ndarray]]) -> list[int]:
-    """Demonstration indices in the order ``render`` drops them: the largest (most cells) first."""
-    return sorted(range(len(demos)), key=lambda k: -(demos[k][0].size + demos[k][1].size))
-
-
-def _prompt(demos: list[tuple[np.ndarray, np.ndarray]], test_in: np.ndarray) -> tuple[str, int]:
-    """The prompt text and the character offset where the test input's first cell is."""
-    parts = [
-        f"Example {k + 1}\nInput:\n{digits_text(i)}\nOutput:\n{digits_text(o)}\n\n" for k, (i, o) in enumerate(demos)
-    ]
-    head = "".join(parts) + "Test\nInput:\n"
-    return head + digits_text(test_in) + "\nOutput:\n", len(head)
-
-
-def _slot_spans(start: int, shape: tuple[int, int], offset: tuple[int, int]) -> list[tuple[int, int] | None]:
-    """Canvas slot -> span of the test-input cell it reads (None outside the input)."""
-    h, w = shape
-    r, c = offset
-    spans: list[tuple[int, int] | None] = [None] * (CANVAS * CANVAS)
-    for i in range(h):
-        base = start + i * (w + 1)
-        row0 = (r + i) * CANVAS + c
-        spans[row0 : row0 + w] = [(base + j, base + j + 1) for j in range(w)]
-    return spans
-
-
-def _labels(test_out: np.ndarray | None, offset: tuple[int, int]) -> list[int]:
-    """Canvas labels: output colours, the EOS frame right of and below the output, IGNORE elsewhere."""
-    canvas = np.full((CANVAS, CANVAS), IGNORE, dtype=np.int64)
-    if test_out is not None:
-        (r, c), (h, w) = offset, test_out.shape
-        canvas[r : r + h, c : c + w] = test_out.astype(np.int64) + COLOUR0
-        if r + h < CANVAS:
-            canvas[r + h, c : c + w] = EOS
-        if c + w < CANVAS:
-            canvas[r : r + h, c + w] = EOS
-    return canvas.reshape(-1).tolist()
-
-
-def crop_canvas(ids: np.ndarray) -> np.ndarray:
-    """The largest rectangle anchored at the top-left corner whose ids are all colours, as colours.
-
-    Row i may extend as far as the shortest run of colours from column 0 in rows 0..i; the crop is
-    the (rows, width) of largest area, the first one on ties.
-    """
-    is_colour = (ids >= COLOUR0) & (ids < COLOUR0 + 10)
-    runs = np.where(is_colour.all(1), ids.shape[1], np.argmin(is_colour, axis=1))
-    widths = np.minimum.accumulate(runs)
-    areas = widths * np.arange(1, len(widths) + 1)
-    rows = int(np.argmax(areas)) + 1
-    if areas[rows - 1] == 0:
-        return np.zeros((0, 0), dtype=np.int64)
-    return ids[:rows, : widths[rows - 1]] - COLOUR0
