@@ -7,9 +7,25 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hybrid_reason.training.data import EvalSet, StreamLoader, TaskDataModule, TrainStream, collate_eval, task_from_spec
+from hybrid_reason.training.data import (
+    EvalSet,
+    StreamLoader,
+    TaskDataModule,
+    TrainStream,
+    collate_eval,
+    default_num_workers,
+    task_from_spec,
+)
 
-TASK = {"name": "sort", "length": 5, "min_length": 3, "max_value": 9, "num_train": 50, "num_validation": 10, "num_test": 10}
+TASK = {
+    "name": "sort",
+    "length": 5,
+    "min_length": 3,
+    "max_value": 9,
+    "num_train": 50,
+    "num_validation": 10,
+    "num_test": 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +47,7 @@ def test_batches_are_rendered_examples(task_and_rows):
         assert text.startswith("Sort: ")
         values = [int(text[s:e]) for s, e in (span for span in spans if span is not None)]
         assert [v for v in labels if v != -100] == sorted(values)  # labels: the sorted values (min_value 0)
-    assert batch.puzzle_ids.tolist() == [0, 0, 0, 0]  # no puzzle-ID table without a model asking for one
+    assert batch.puzzle_ids.tolist() == [0, 0, 0, 0]  # no puzzle IDs unless the datamodule is told to serve them
 
 
 def test_stream_is_deterministic_and_seeded(task_and_rows):
@@ -136,3 +152,25 @@ def test_datamodule_fits_prompts_to_the_budget_it_is_given():
     assert len(texts) == 2 and max(map(len, texts)) <= 300
     assert max(map(len, next(iter(dm.train_dataloader())).texts)) <= 300
     assert dm.budget_stats("test") == {"prompts_with_drops": 1, "demonstrations_dropped": 1, "queries_skipped": 1}
+    dropped = torch.cat([b.dropped for b in dm.test_dataloader()])
+    assert dropped.tolist() == [0, 1]  # bbbb0002's prompt lost a pair: the module counts it as batches pass
+
+
+def test_datamodule_serves_puzzle_ids_when_told():
+    dm = TaskDataModule(TASK, batch_size=4, num_workers=0, puzzle_ids=True)  # no model, no trainer needed
+    ids = dm.train_stream().batch(0).puzzle_ids
+    assert len(dm.puzzles) == 50 and ids.min() >= 1 and len(set(ids.tolist())) == 4
+    assert next(iter(dm.val_dataloader())).puzzle_ids.max() == 0  # validation puzzles are not in the table
+    assert TaskDataModule(TASK, batch_size=4).train_stream().batch(0).puzzle_ids.tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 1), (3, 2), (8, 4), (64, 4)])
+def test_num_workers_defaults_to_what_the_machine_has(monkeypatch, cores, workers):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert default_num_workers() == workers
+    assert TaskDataModule(TASK, batch_size=4).num_workers == workers
+    assert TaskDataModule(TASK, batch_size=4, num_workers=1).num_workers == 1
+    with pytest.raises(ValueError, match="data.num_workers"):
+        TaskDataModule(TASK, batch_size=4, num_workers=-1)

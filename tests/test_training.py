@@ -3,15 +3,24 @@ backbone passes per example, evaluation, EMA, checkpoints, the puzzle-ID table a
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import functools
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from test_training_common import TASK, backbone_path, make_data, make_module, make_trainer  # noqa: F401
+from lightning.pytorch.loggers import CSVLogger
+from test_training_common import CORE, TASK, make_data, make_module, make_trainer
 
+from hybrid_reason.errors import HybridReasonError
+from hybrid_reason.training.data import TaskDataModule
 from hybrid_reason.training.module import HybridReasonerModule
+
+ARC_SMALL = str(Path(__file__).parent / "fixtures" / "arc" / "small")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,10 +48,14 @@ def test_slots_persist_until_they_halt_and_only_refills_are_encoded(backbone_pat
     # 7 steps x 6 slots, 3 fillings of 6 slots: one backbone pass per example, 1/N_sup per slot-step.
     counters = dict(module.counters)
     assert 0 < counters.pop("backbone_runs") <= 18  # the rest came from the backbone's feature cache
-    assert counters == {"encoded_rows": 18, "admitted": 18, "slot_steps": 42, "finished": 12}
+    real, padded = counters.pop("real_tokens"), counters.pop("padded_tokens")
+    assert counters == {"encoded_rows": 18, "admitted": 18, "slot_steps": 42, "finished": 12,
+                        "prompts_with_drops": 0, "demonstrations_dropped": 0}  # fmt: skip
     metrics = trainer.callback_metrics
     assert metrics["train/encodes_per_example"] == 1.0
     assert metrics["train/encodes_per_slot_step"] == pytest.approx(18 / 42)
+    assert 0 < real <= padded and metrics["train/backbone_padded_per_real"] == pytest.approx(padded / real)
+    assert metrics["train/backbone_real_tokens"] == real
 
 
 def test_refill_replaces_only_halted_slots(backbone_path):
@@ -76,6 +89,47 @@ def test_a_positive_halt_logit_halts_and_exploration_delays_it(backbone_path, tm
         assert all(h or s < 4 for h, s in zip(halted, steps))  # nobody runs past N_sup
 
 
+def logged(root: str) -> list[dict[str, float]]:
+    """The rows of a CSVLogger's metrics.csv under ``root`` (empty cells left out)."""
+    with open(os.path.join(root, "version_0", "metrics.csv")) as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def test_training_metrics_are_means_over_the_slots_that_halted_in_each_window(backbone_path, tmp_path):
+    module, record = make_module(backbone_path, halt_max_steps=4, halt_exploration_prob=0.5), Record()
+    with torch.no_grad():
+        module.model.halt_head.bias.fill_(5.0)  # halting at once, delayed by exploration: varied halting steps
+    trainer = make_trainer(str(tmp_path), max_steps=8, callbacks=[record], limit_val_batches=0, log_every_n_steps=4,
+                           logger=CSVLogger(str(tmp_path), name=""))  # fmt: skip
+    trainer.fit(module, make_data(batch_size=16))
+    windows = [row for row in logged(str(tmp_path)) if "train/steps" in row]
+    assert len(windows) == 2
+    for w, row in enumerate(windows):
+        halted = [s for step in range(4 * w, 4 * w + 4) for s, h in zip(record.steps[step], record.halted[step]) if h]
+        assert row["train/steps"] == pytest.approx(sum(halted) / len(halted))  # this window's halts only
+        assert 0.0 <= row["train/exact_acc"] <= 1.0 and row["train/examples_per_s"] > 0
+    assert windows[0]["train/steps"] != windows[1]["train/steps"]
+
+
+def test_evaluation_metrics_are_means_over_all_examples_and_cells(backbone_path, tmp_path):
+    module = make_module(backbone_path, halt_max_steps=3)
+    trainer = make_trainer(str(tmp_path), max_steps=2, limit_val_batches=3)
+    data = make_data(eval_batch_size=5)  # 16 validation rows: batches of 5, 5 and 5 (one row left out)
+    results = trainer.validate(module, data, verbose=False)[0]
+    batches = list(data.val_dataloader())[:3]
+    right = cells = exact = examples = 0
+    with torch.no_grad():
+        for batch in batches:  # an independent oracle: the model's own forward, all steps
+            *_, out = module.model.iterate(module.model.encode(batch.texts, batch.slot_spans), 3)
+            mask = batch.labels != -100
+            right += int(((out.logits.argmax(-1) == batch.labels) & mask).sum())
+            cells, examples = cells + int(mask.sum()), examples + len(batch.ids)
+            exact += int((((out.logits.argmax(-1) == batch.labels) | ~mask).all(-1)).sum())
+    assert results["val/cell_acc"] == pytest.approx(right / cells)  # over cells, not a mean of batch means
+    assert results["val/exact_acc"] == pytest.approx(exact / examples)
+    assert results["val/steps"] == 3.0 and "val/exact_acc_step2" in results and "val/exact_acc_step4" not in results
+
+
 def test_evaluation_runs_all_steps_on_ema_weights(backbone_path, tmp_path):
     module = make_module(backbone_path, halt_max_steps=3)
     trainer = make_trainer(str(tmp_path), max_steps=4)
@@ -104,7 +158,17 @@ def test_checkpoint_holds_ema_weights_and_no_backbone(backbone_path, tmp_path):
     assert not torch.equal(ema, current)  # EMA (0.9) lags the trained weights
     assert torch.equal(ema, module.model.answer_head.weight)  # after fit the module holds the EMA weights
     assert ckpt["hybrid_reasoner_config"]["answer_vocab_size"] == 6 and ckpt["carry"]["world_size"] == 1
-    assert ckpt["hyper_parameters"]["core"]["d_model"] == 32  # plain data, no pickled objects
+    hparams = ckpt["hyper_parameters"]  # plain data, no pickled objects: the callables are described
+    assert hparams["core"]["d_model"] == 32 and hparams["backbone"]["name"] == module.hparams.backbone["name"]
+    assert hparams["optimizer"] == "test_training_common.sgd_adamw" and hparams["halt_max_steps"] == 3
+    assert hparams["lr_scheduler"] == "test_training_common.short_warmup"
+
+
+def test_hyperparameters_describe_a_recipe_optimizer_in_recipe_form(backbone_path):
+    module = make_module(backbone_path, optimizer=functools.partial(torch.optim.AdamW, lr=0.01, betas=(0.9, 0.95)))
+    want = {"class_path": "torch.optim.adamw.AdamW", "init_args": {"lr": 0.01, "betas": [0.9, 0.95]}}
+    assert module.hparams["optimizer"] == want and module.hparams_initial["optimizer"] == want
+    assert module.hparams["core"] == dataclasses.asdict(CORE)
 
 
 def test_puzzle_ids_are_trained_apart_from_the_dense_optimizer(backbone_path, tmp_path):
@@ -121,6 +185,39 @@ def test_too_small_puzzle_table_is_refused(backbone_path, tmp_path):
     module = make_module(backbone_path, num_puzzle_ids=8, puzzle_prefix_len=2)
     with pytest.raises(ValueError, match="model.num_puzzle_ids=8 is too small"):
         make_trainer(str(tmp_path), max_steps=1).fit(module, make_data())
+
+
+def test_a_puzzle_table_without_puzzle_ids_in_the_data_is_refused(backbone_path, tmp_path):
+    module = make_module(backbone_path, num_puzzle_ids=256, puzzle_prefix_len=2)
+    with pytest.raises(HybridReasonError, match="data.puzzle_ids is false"):
+        make_trainer(str(tmp_path), max_steps=1).fit(module, make_data(puzzle_ids=False))
+
+
+class Batches(Callback):
+    """Records every training batch."""
+
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append(batch)
+
+
+def test_demonstrations_dropped_to_the_prompt_budget_are_logged(backbone_path, tmp_path):
+    task = {"name": "arc1", "source": ARC_SMALL, "max_tokens": 250}  # 2 of the 8 training prompts lose one pair
+    module, seen = make_module(backbone_path, task=task, halt_max_steps=1), Batches()  # every slot refills every step
+    trainer = make_trainer(str(tmp_path), max_steps=4, callbacks=[seen], limit_val_batches=0, log_every_n_steps=1,
+                           logger=CSVLogger(str(tmp_path), name=""))  # fmt: skip
+    trainer.fit(module, TaskDataModule(task=task, batch_size=4, num_workers=0))
+    rows = logged(str(tmp_path))
+    at_start = next(row for row in rows if "data/train_prompts_with_drops" in row)
+    assert at_start["data/train_prompts_with_drops"] == 2 and at_start["data/train_demonstrations_dropped"] == 2
+    assert at_start["data/train_queries_skipped"] == 0
+    dropped = torch.cat([b.dropped for b in seen.batches])
+    assert module.counters["demonstrations_dropped"] == int(dropped.sum()) > 0
+    assert module.counters["prompts_with_drops"] == int((dropped > 0).sum())
+    last = [row for row in rows if "train/demonstrations_dropped" in row][-1]
+    assert last["train/demonstrations_dropped"] == int(dropped.sum())
 
 
 class Poison(Callback):

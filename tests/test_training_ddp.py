@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import torch
-from test_training_common import backbone_path  # noqa: F401
 
 SCRIPT = textwrap.dedent(
     """
@@ -41,8 +40,9 @@ SCRIPT = textwrap.dedent(
     run(out + "/part", steps=4)  # stops at step 4 ...
     _, resumed, _ = run(out + "/part", ckpt_path=out + "/part/ckpt/last.ckpt")  # ... and goes on to step 8
     rank = trainer.global_rank
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     torch.save({"weights": module.model.state_dict(), "resumed": resumed.model.state_dict(), "ids": seen.ids,
-                "carry_ids": module.carry.ids}, f"{out}/rank{rank}.pt")
+                "carry_ids": module.carry.ids, "metrics": metrics, "counters": module.counters}, f"{out}/rank{rank}.pt")
     """
 )
 
@@ -51,9 +51,18 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(backbone_path, tmp_path):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([os.getcwd(), tests_dir, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(script), backbone_path, str(tmp_path), tests_dir],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([os.getcwd(), tests_dir, os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), backbone_path, str(tmp_path), tests_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for key, value in ranks[0]["weights"].items():
@@ -65,6 +74,17 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(backbone_path, tmp_path):
     assert ckpt["carry"]["world_size"] == 2 and len(ckpt["carry"]["ranks"]) == 2
     assert ckpt["carry"]["ranks"][0]["ids"] != ckpt["carry"]["ranks"][1]["ids"]
     assert ckpt["carry"]["ranks"][1]["ids"] == ranks[1]["carry_ids"]
+    assert ckpt["training_counters"]["ranks"] == [ranks[0]["counters"], ranks[1]["counters"]]  # each rank's own
+    # Metrics are over both ranks' examples: every rank logs the same values, though their shards differ.
+    for key in (
+        "train/loss",
+        "train/halt_acc",
+        "train/encodes_per_slot_step",
+        "val/loss",
+        "val/cell_acc",
+        "val/exact_acc",
+    ):
+        assert ranks[0]["metrics"][key] == ranks[1]["metrics"][key], key
     for key, value in ranks[0]["weights"].items():  # resumed from step 4 on both ranks: the same end
         assert torch.equal(value, ranks[0]["resumed"][key]), key
         assert torch.equal(value, ranks[1]["resumed"][key]), key

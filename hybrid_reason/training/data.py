@@ -20,7 +20,9 @@ Lightning's DistributedSampler under DDP.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -47,6 +49,7 @@ class Batch(NamedTuple):
     ids: list[str]  # B readable example ids (meta["id"])
     index: Tensor  # [B] int64: stream index (training) or row index (evaluation)
     puzzle_ids: Tensor  # [B] int64: TRM's puzzle ID of the example's task (0 = unknown)
+    dropped: Tensor  # [B] int64: demonstrations the prompt lost to the prompt budget (meta["dropped_demonstrations"])
 
 
 def collate(examples: list[Rendered], index: list[int], puzzle_ids: list[int]) -> Batch:
@@ -62,6 +65,7 @@ def collate(examples: list[Rendered], index: list[int], puzzle_ids: list[int]) -
         ids=[str(ex.meta.get("id", i)) for ex, i in zip(examples, index)],
         index=torch.tensor(index, dtype=torch.long),
         puzzle_ids=torch.tensor(puzzle_ids, dtype=torch.long),
+        dropped=torch.tensor([ex.meta.get("dropped_demonstrations", 0) for ex in examples], dtype=torch.long),
     )
 
 
@@ -123,8 +127,15 @@ class TrainStream(IterableDataset):
 class EvalSet(TorchDataset):
     """A validation/test split as a map-style dataset of (rendered example, row, puzzle ID)."""
 
-    def __init__(self, task: Task, rows: Dataset, seed: int = 0, augment: bool = False, puzzles: dict | None = None,
-                 budget: PromptBudget | None = None):
+    def __init__(
+        self,
+        task: Task,
+        rows: Dataset,
+        seed: int = 0,
+        augment: bool = False,
+        puzzles: dict | None = None,
+        budget: PromptBudget | None = None,
+    ):
         self.task, self.rows, self.seed, self.augment, self.budget = task, rows, seed, augment, budget
         self.puzzles = puzzles or {}
 
@@ -133,7 +144,11 @@ class EvalSet(TorchDataset):
 
     def __getitem__(self, i: int) -> tuple[Rendered, int, int]:
         row = self.rows[int(i)]
-        aug = self.task.sample_augmentation(np.random.default_rng([self.seed, _EVAL_AUG, int(i)]), False) if self.augment else None
+        aug = (
+            self.task.sample_augmentation(np.random.default_rng([self.seed, _EVAL_AUG, int(i)]), False)
+            if self.augment
+            else None
+        )
         return self.task.render(row, aug, budget=self.budget), int(i), self.puzzles.get(puzzle_key(row), 0)
 
 
@@ -155,6 +170,14 @@ class StreamLoader(DataLoader):
         return super().__iter__()
 
 
+def default_num_workers() -> int:
+    """DataLoader workers for this machine: min(4, usable cores - 1), so rendering overlaps the step and
+    one core stays with the main process (0 on one core). Measured on 2 cores (the CPU demo, 150 steps,
+    ``torch_threads: 1``): 1 worker 108 / 95 s, none 113 / 105 s."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
+
+
 class TaskDataModule(pl.LightningDataModule):
     """Task rows -> augmentation -> rendering -> batches, for training, validation and testing.
 
@@ -162,11 +185,14 @@ class TaskDataModule(pl.LightningDataModule):
         task: the task section ``{name: <family>, <option>: <value>}`` (linked to the model's).
         batch_size: examples per training batch = carry slots per rank.
         eval_batch_size: examples per validation/test batch (default: batch_size).
-        num_workers: DataLoader worker processes rendering batches.
+        num_workers: DataLoader worker processes rendering batches (None: ``default_num_workers()``,
+            min(4, cores - 1)).
         seed: fixes the epoch permutations and augmentations of the stream.
         eval_augment: render evaluation rows under a fixed random augmentation instead of none.
         val_split / test_split: the task splits used by validate / test.
         val_limit / test_limit: evaluate on the first rows only (None: all).
+        puzzle_ids: serve TRM's puzzle IDs (one per puzzle of the training split, from 1; 0 = unknown);
+            off, every ID is 0. The CLI links it to ``model.num_puzzle_ids > 0``.
     """
 
     def __init__(
@@ -174,21 +200,25 @@ class TaskDataModule(pl.LightningDataModule):
         task: dict[str, Any],
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
         eval_augment: bool = False,
         val_split: str = "validation",
         test_split: str = "test",
         val_limit: int | None = None,
         test_limit: int | None = None,
+        puzzle_ids: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or null: as many as the machine has), got {num_workers}")
         self.task = task_from_spec(task)
         self.task_spec = dict(task)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.seed, self.puzzle_ids = seed, puzzle_ids
         self.eval_augment = eval_augment
         self.splits = {"validate": (val_split, val_limit), "test": (test_split, test_limit)}
         self._rows: dict[str, Dataset] = {}
@@ -218,10 +248,9 @@ class TaskDataModule(pl.LightningDataModule):
     def puzzles(self) -> dict[str, int]:
         """Puzzle key -> TRM puzzle ID, from the training split (IDs start at 1; 0 = unknown).
 
-        Empty (every ID 0) unless the model has a puzzle-ID table (``model.num_puzzle_ids > 0``).
+        Empty (every ID 0) unless ``puzzle_ids`` is on.
         """
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if getattr(module, "num_puzzle_ids", 0) <= 0:
+        if not self.puzzle_ids:
             return {}
         if self._puzzles is None:
             self._puzzles = puzzle_vocabulary(self.rows("train"))
@@ -230,8 +259,9 @@ class TaskDataModule(pl.LightningDataModule):
     def train_stream(self) -> TrainStream:
         """The training stream of this rank."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return TrainStream(self.task, self.rows("train"), self.batch_size, self.seed, self.puzzles, rank, world,
-                           self.prompt_budget)
+        return TrainStream(
+            self.task, self.rows("train"), self.batch_size, self.seed, self.puzzles, rank, world, self.prompt_budget
+        )
 
     def train_dataloader(self) -> StreamLoader:
         """Batches of the stream, starting at the trainer's global step (exact resume)."""
@@ -246,8 +276,16 @@ class TaskDataModule(pl.LightningDataModule):
     def eval_dataloader(self, stage: str) -> DataLoader:
         """The validation or test DataLoader."""
         split, limit = self.splits[stage]
-        dataset = EvalSet(self.task, self.rows(split, limit), self.seed, self.eval_augment, self.puzzles, self.prompt_budget)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_eval, num_workers=self.num_workers)
+        dataset = EvalSet(
+            self.task, self.rows(split, limit), self.seed, self.eval_augment, self.puzzles, self.prompt_budget
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate_eval,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         """The validation split's batches."""

@@ -1,14 +1,19 @@
-"""TRM's optimiser stand-in and learning-rate schedule: linear warm-up from the first step, then constant
-(or cosine). Lightning's callable form in recipes: ``model.lr_scheduler: {class_path: ...WarmupSchedule}``."""
+"""TRM's optimiser stand-in and learning-rate schedule, built from torch's schedulers: linear warm-up
+from the first step (``LinearLR``), then constant (``ConstantLR``) or cosine (``CosineAnnealingLR``),
+chained by ``SequentialLR``. Lightning's callable form in recipes:
+``model.lr_scheduler: {class_path: hybrid_reason.training.schedule.WarmupSchedule, init_args: {...}}``."""
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+
+from ..errors import HybridReasonError
+
+_FOREVER = 2**62  # total_iters of a ConstantLR that never ends
 
 
 def adamw(params) -> Optimizer:
@@ -16,11 +21,14 @@ def adamw(params) -> Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
 
-class WarmupSchedule(LRScheduler):
+class WarmupSchedule(SequentialLR):
     """Linear warm-up over ``warmup_steps`` optimizer steps, then a constant or cosine learning rate.
 
-    The first step already uses lr / warmup_steps (TRM's schedule). ``decay="cosine"`` falls to
-    ``min_lr_ratio`` x lr at ``total_steps`` (default: the trainer's max_steps).
+    Step s < warmup_steps trains at lr x (s + 1) / warmup_steps, so the first step already trains, as
+    TRM's does (``LinearLR`` from 1 / warmup_steps; transformers' warm-up starts at 0). From step
+    warmup_steps on, the rate is lr (``decay="constant"``) or falls along a cosine to ``min_lr_ratio``
+    x lr at ``total_steps`` and stays there (``decay="cosine"``; default: the trainer's max_steps, set by the module
+    through :meth:`set_total_steps`).
     """
 
     def __init__(
@@ -33,21 +41,46 @@ class WarmupSchedule(LRScheduler):
         last_epoch: int = -1,
     ):
         if decay not in ("constant", "cosine"):
-            raise ValueError(f"lr_scheduler.decay must be 'constant' or 'cosine', got {decay!r}")
-        self.warmup_steps, self.decay, self.total_steps, self.min_lr_ratio = warmup_steps, decay, total_steps, min_lr_ratio
-        super().__init__(optimizer, last_epoch)
+            raise HybridReasonError(f"lr_scheduler.decay must be 'constant' or 'cosine', got {decay!r}")
+        if warmup_steps < 0:
+            raise HybridReasonError(f"lr_scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps, self.decay, self.total_steps, self.min_lr_ratio = (
+            warmup_steps,
+            decay,
+            total_steps,
+            min_lr_ratio,
+        )
+        if decay == "constant":
+            schedulers: list[LRScheduler] = [ConstantLR(optimizer, factor=1.0, total_iters=0)]
+            milestones = []
+        else:  # the cosine to total_steps, then its floor for good
+            eta_min = min_lr_ratio * optimizer.param_groups[0]["lr"]
+            total = total_steps or warmup_steps + 1  # placeholder until set_total_steps
+            schedulers = [
+                CosineAnnealingLR(optimizer, T_max=self._decay_steps(total), eta_min=eta_min),
+                ConstantLR(optimizer, factor=min_lr_ratio, total_iters=_FOREVER),
+            ]
+            milestones = [total]
+        if warmup_steps > 0:
+            warmup = LinearLR(
+                optimizer, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=max(1, warmup_steps - 1)
+            )
+            schedulers, milestones = [warmup, *schedulers], [warmup_steps, *milestones]
+        super().__init__(optimizer, schedulers, milestones, last_epoch)
 
-    def factor(self, step: int) -> float:
-        """The learning-rate multiplier at optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.decay == "constant":
-            return 1.0
-        if not self.total_steps:
-            raise ValueError("lr_scheduler: cosine decay needs total_steps (or trainer.max_steps)")
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def _decay_steps(self, total_steps: int) -> int:
+        """Steps of the cosine: from the end of the warm-up to ``total_steps``."""
+        if total_steps <= self.warmup_steps:
+            raise HybridReasonError(
+                f"lr_scheduler.total_steps ({total_steps}) must be above warmup_steps ({self.warmup_steps})"
+            )
+        return total_steps - self.warmup_steps
 
-    def get_lr(self) -> list[float]:
-        """Learning rates of the param groups at the current step."""
-        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+    def set_total_steps(self, total_steps: int) -> None:
+        """Decay to ``total_steps`` (the trainer's max_steps when the recipe gives none)."""
+        if self.decay == "cosine":
+            if total_steps is None or total_steps <= 0:
+                raise HybridReasonError("lr_scheduler: cosine decay needs total_steps (or trainer.max_steps)")
+            self._schedulers[-2].T_max = self._decay_steps(total_steps)
+            self._milestones[-1] = total_steps
+        self.total_steps = total_steps
