@@ -95,3 +95,8 @@ def test_demo_recipe_trains_briefly_on_smollm2(tmp_path, capsys):
 
     model = AutoModel.from_pretrained(str(folder))
     assert torch.equal(model.answer_head.weight, cli.model.model.answer_head.weight)
+
+
+def test_a_model_with_a_puzzle_id_table_gets_data_that_serves_puzzle_ids():
+    assert parse_recipe(str(RECIPES / "demo_cpu.yaml"), "--model.num_puzzle_ids", "12").data.puzzle_ids is True
+    assert parse_recipe(str(RECIPES / "demo_cpu.yaml")).data.puzzle_ids is False

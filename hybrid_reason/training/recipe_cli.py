@@ -60,6 +60,11 @@ def default_loggers(root: str) -> list[Logger]:
     return loggers
 
 
+def _serves_puzzle_ids(num_puzzle_ids: int) -> bool:
+    """Whether the data module serves puzzle IDs: exactly when the model has an ID table."""
+    return num_puzzle_ids > 0
+
+
 class HybridReasonCLI(LightningCLI):
     """LightningCLI for HybridReasonerModule + TaskDataModule with this project's defaults."""
 
@@ -77,6 +82,8 @@ class HybridReasonCLI(LightningCLI):
         parser.add_argument("--torch_threads", type=int | None, default=None,
                             help="torch.set_num_threads before anything is built (null: torch's default)")
         parser.link_arguments("data.task", "model.task")
+        # a model with TRM's puzzle-ID table needs its data to serve the IDs
+        parser.link_arguments("model.num_puzzle_ids", "data.puzzle_ids", compute_fn=_serves_puzzle_ids)
         parser.add_lightning_class_args(EMAWeightAveraging, "ema")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
