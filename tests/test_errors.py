@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from test_training_cli import write_recipe
-from test_training_common import backbone_path  # noqa: F401
 from transformers import AutoModel
 
 from hybrid_reason import cli

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 import yaml
-from test_training_common import TASK, backbone_path  # noqa: F401
+from test_training_common import TASK
 
 from hybrid_reason import cli
 from hybrid_reason.errors import HybridReasonError

@@ -32,15 +32,6 @@ TASK = {
 CORE = CoreConfig(d_model=32, num_heads=2, num_layers=1, n=2, T=2)
 
 
-def __getattr__(name: str):
-    """``backbone_path`` moved to conftest.py; older test modules still import it from here."""
-    if name == "backbone_path":
-        import conftest
-
-        return conftest.backbone_path
-    raise AttributeError(name)
-
-
 def sgd_adamw(params):
     """A fast-learning AdamW for tests."""
     return torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)

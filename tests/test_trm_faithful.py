@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
-from test_training_common import backbone_path, make_data, make_module, make_trainer  # noqa: F401
+from test_training_common import make_data, make_module, make_trainer
 
 from hybrid_reason import HybridReasoner, HybridReasonerConfig
 from hybrid_reason.backbone.encoded import Encoded
