@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import random
-import time
 import warnings
 from pathlib import Path
 
@@ -254,7 +253,7 @@ def test_pooling_matches_the_definition_on_random_spans(tiny, arch):
         torch.testing.assert_close(enc.features[b], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_pooling_is_fast_at_arc_scale(tiny):
+def test_pooling_is_exact_at_arc_scale(tiny):
     backbone = load(tiny["qwen2"], hidden_layer=1)
     rng = random.Random(1)
     text = grid_text(rng, 30, 30)  # 900 digit slots
@@ -262,9 +261,7 @@ def test_pooling_is_fast_at_arc_scale(tiny):
     text = "\n\n".join([grid_text(rng, 30, 30)] * 3 + [text])  # ~1.5k tokens of context before the slots
     offset = len(text) - (30 * 31 - 1)
     spans = [(s + offset, e + offset) for s, e in spans]
-    start = time.perf_counter()
-    enc = backbone.encode([text, text], [spans, spans], with_tokens=True)
-    assert time.perf_counter() - start < 5.0
+    enc = backbone.encode([text, text], [spans, spans], with_tokens=True)  # speed: `hybrid-reason bench backbone`
     expected = brute_force_features(backbone, text, spans[:60], enc.tokens[0])
     torch.testing.assert_close(enc.features[0, :60], expected, atol=1e-5, rtol=1e-5)
 
@@ -490,12 +487,10 @@ def smollm2() -> Backbone:
 
 
 @pytest.mark.slow
-def test_smollm2_cache_is_reused_and_loads_fast(smollm2):
+def test_smollm2_cache_is_reused(smollm2):
     folder = Path(materialize("smollm2-135m"))
     assert (folder / "model.safetensors").is_file() and (folder / "hybrid_reason_source.json").is_file()
-    start = time.perf_counter()
-    backbone = Backbone.load(BackboneSpec(name="smollm2-135m", hidden_layer=-1), cache=False)
-    assert time.perf_counter() - start < 10.0
+    backbone = Backbone.load(BackboneSpec(name="smollm2-135m", hidden_layer=-1), cache=False)  # load time: README
     assert backbone.num_layers == 30 and backbone.hidden_size == 576 and backbone.context_length == 8192
     assert backbone.tokenizer_fingerprint == smollm2.tokenizer_fingerprint
 

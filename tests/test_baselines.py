@@ -232,4 +232,4 @@ def test_smollm2_chain_of_thought_on_two_sort_puzzles():
     settings = B.GenerationSettings(max_new_tokens=40, batch_size=2)
     result = B.run_baseline(lm, task, task.load("test").select(range(2)), "cot", settings, progress=False)
     assert all(0 < r.tokens <= 40 and r.text.strip() for rs in result.replies for r in rs)
-    assert 0.0 <= result.metrics["exact"] <= 1.0 and result.flops_per_puzzle() > 2 * 100e6 * 40
+    assert result.flops_per_puzzle() > 2 * 100e6 * 40

@@ -81,7 +81,7 @@ def test_validate_test_resume_and_export_from_a_checkpoint(backbone_path, tmp_pa
     last = str(tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt")
     val = main(["validate", "--config", recipe, "--ckpt_path", last]).trainer.callback_metrics
     test = main(["test", "--config", recipe, "--ckpt_path", last]).trainer.callback_metrics
-    assert 0 <= float(val["val/exact_acc"]) <= 1 and float(test["test/steps"]) == 3.0
+    assert "val/exact_acc" in val and float(test["test/steps"]) == 3.0
 
     resumed = main(["fit", "--config", recipe, "--ckpt_path", last, "--trainer.max_steps", "9"])
     assert resumed.trainer.global_step == 9
