@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -132,7 +133,7 @@ def bench_backbone(args: argparse.Namespace) -> None:
     for layer in (args.layer, -1):
         backbone = Backbone.load(BackboneSpec(name=args.backbone, hidden_layer=layer), cache=False)
         tokens = sum(len(ids) for ids in backbone.tokenizer(texts)["input_ids"])
-        times = time_calls(lambda: backbone.encode(texts, slot_spans), args.steps, args.warmup)
+        times = time_calls(partial(backbone.encode, texts, slot_spans), args.steps, args.warmup)
         med = statistics.median(times)
         print(
             f"  {args.backbone} hidden_layer={layer:>3} ({backbone.num_layers_run} layers run): "

@@ -23,10 +23,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("hybrid_reason.training.recipe_cli", "main", "train a model from a YAML recipe (LightningCLI)"),
     "validate": ("hybrid_reason.training.recipe_cli", "main", "validate a model from a YAML recipe (LightningCLI)"),
     "test": ("hybrid_reason.training.recipe_cli", "main", "test a model from a YAML recipe (LightningCLI)"),
-    "export": ("hybrid_reason.training.export", "export_main", "export a checkpoint's EMA weights as a HF model folder"),
-    "evaluate": ("hybrid_reason.evaluation.commands", "evaluate_main", "score a trained model on a task (ARC voting, pass@k, curves)"),
+    "export": (
+        "hybrid_reason.training.export",
+        "export_main",
+        "export a checkpoint's EMA weights as a HF model folder",
+    ),
+    "evaluate": (
+        "hybrid_reason.evaluation.commands",
+        "evaluate_main",
+        "score a trained model on a task (ARC voting, pass@k, curves)",
+    ),
     "compare": ("hybrid_reason.evaluation.commands", "compare_main", "run an evaluation suite and write its report"),
-    "baseline": ("hybrid_reason.evaluation.commands", "baseline_main", "run a chain-of-thought or direct-answer LLM baseline"),
+    "baseline": (
+        "hybrid_reason.evaluation.commands",
+        "baseline_main",
+        "run a chain-of-thought or direct-answer LLM baseline",
+    ),
     "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core and the backbone"),
     "plan": ("hybrid_reason.plan", "main", "estimate a recipe's FLOPs, GPU time and memory (loads no weights)"),
 }

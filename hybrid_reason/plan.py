@@ -55,10 +55,13 @@ def backbone_config(name: str, revision: str | None, given: str | None):
         return config, path if os.path.exists(path) else "the local HF cache"
     except (OSError, ValueError) as err:
         if size and not given:
-            return qwen_shaped_config(size), (f"Qwen2.5-{size.upper()}'s shape written in code (qwen_shaped_config), "
-                                              "not in the local HF cache")
-        raise HybridReasonError(f"backbone {source!r}: no config found locally ({str(err).splitlines()[0]}); pass "
-                                "--backbone-config PATH_OR_NAME (a folder, a config.json, or qwen2.5-0.5b)") from None
+            return qwen_shaped_config(size), (
+                f"Qwen2.5-{size.upper()}'s shape written in code (qwen_shaped_config), not in the local HF cache"
+            )
+        raise HybridReasonError(
+            f"backbone {source!r}: no config found locally ({str(err).splitlines()[0]}); pass "
+            "--backbone-config PATH_OR_NAME (a folder, a config.json, or qwen2.5-0.5b)"
+        ) from None
 
 
 def _local_tokenizer(name: str, revision: str | None):
@@ -96,10 +99,17 @@ def plan_tokenizer(name: str, revision: str | None, given: str | None):
     try:
         tokenizer = _local_tokenizer("smollm2-135m", None)
     except (OSError, ValueError) as err:
-        raise HybridReasonError(f"backbone {name!r}: its tokenizer is not local and SmolLM2's stand-in is missing "
-                                f"({err}); pass --tokenizer") from None
-    return tokenizer, (f"SmolLM2-135M's (smollm2-135m), standing in for {name}'s, which is not local; "
-                       "both write one token per digit"), False
+        raise HybridReasonError(
+            f"backbone {name!r}: its tokenizer is not local and SmolLM2's stand-in is missing ({err}); pass --tokenizer"
+        ) from None
+    return (
+        tokenizer,
+        (
+            f"SmolLM2-135M's (smollm2-135m), standing in for {name}'s, which is not local; "
+            "both write one token per digit"
+        ),
+        False,
+    )
 
 
 # ------------------------------------------------------------------------------ prompts
@@ -139,7 +149,9 @@ def prompt_lengths(task, split: str, tokenizer, budget: int | None, max_prompts:
     n = len(rows)
     if n == 0:
         raise HybridReasonError(f"data.task: split {split!r} of task {task.name!r} is empty")
-    index = np.arange(n) if n <= max_prompts else np.sort(np.random.default_rng(seed).choice(n, max_prompts, replace=False))
+    index = (
+        np.arange(n) if n <= max_prompts else np.sort(np.random.default_rng(seed).choice(n, max_prompts, replace=False))
+    )
     texts = [task.render(rows[int(i)]).text for i in index]
     tokens = np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
     count = lambda text: len(tokenizer(text, add_special_tokens=True)["input_ids"])  # noqa: E731
@@ -196,13 +208,21 @@ def render(plan: Plan) -> str:
     bb, core, train = run.backbone, run.core, plan.lengths[0]
     out = [f"## Plan for {plan.recipe} (estimates, never measured on a GPU)", ""]
     out += [f"- {key}: {value}" for key, value in plan.about.items()] + ["", "### Prompt lengths (tokens)", ""]
-    out += table(["split", "rows", "measured", "mean", "median", "p90", "max", "over budget (dropped demos / unfit)"],
-                 [[x.split, x.rows, len(x.tokens), *(x.stat(k) for k in STATS), f"{x.over_budget} / {x.unfit}"]
-                  for x in plan.lengths])
+    out += table(
+        ["split", "rows", "measured", "mean", "median", "p90", "max", "over budget (dropped demos / unfit)"],
+        [
+            [x.split, x.rows, len(x.tokens), *(x.stat(k) for k in STATS), f"{x.over_budget} / {x.unfit}"]
+            for x in plan.lengths
+        ],
+    )
     out += ["", f"### One training example (backbone layers 1-{bb.layers_run} of {bb.num_layers}, {dtype}, alone)", ""]
-    out += table(["prompt", "tokens", "backbone FLOPs", "backbone peak activations"],
-                 [[k, train.stat(k), si(bb.flops(train.stat(k))), si(bb.peak_activation_bytes(train.stat(k), 1, dtype), "B")]
-                  for k in STATS])
+    out += table(
+        ["prompt", "tokens", "backbone FLOPs", "backbone peak activations"],
+        [
+            [k, train.stat(k), si(bb.flops(train.stat(k))), si(bb.peak_activation_bytes(train.stat(k), 1, dtype), "B")]
+            for k in STATS
+        ],
+    )
     part, L = core.step_flops(run.carry_tokens), run.carry_tokens
     out += ["", f"### Core: one supervision step of one example (sequence {core.seq_len}, d {core.core.d_model})", ""]
     out += table(["part", "FLOPs"], [
@@ -212,22 +232,45 @@ def render(plan: Plan) -> str:
         ["total", si(sum(part.values()))]])  # fmt: skip
     flops = run.flops()
     secs, total = run.seconds(flops, acc, plan.mfu), sum(flops.values())
-    out += ["", f"### Whole run on {run.gpus} x {acc.name} at MFU {plan.mfu:g} (dense peak {acc.tflops_16:g} TFLOP/s "
-            f"bf16, {acc.tflops_32:g} fp32)", ""]
-    out += table(["part", "FLOPs", "share", "time"], [[k, si(v), f"{100 * v / total:.1f}%", duration(secs[k])]
-                                                      for k, v in flops.items()]
-                 + [["total", si(total), "100%", duration(sum(secs.values()))]])
+    out += [
+        "",
+        f"### Whole run on {run.gpus} x {acc.name} at MFU {plan.mfu:g} (dense peak {acc.tflops_16:g} TFLOP/s "
+        f"bf16, {acc.tflops_32:g} fp32)",
+        "",
+    ]
+    out += table(
+        ["part", "FLOPs", "share", "time"],
+        [[k, si(v), f"{100 * v / total:.1f}%", duration(secs[k])] for k, v in flops.items()]
+        + [["total", si(total), "100%", duration(sum(secs.values()))]],
+    )
     useful, padded = run.backbone_per_example(run.train, run.refill_batch)
     share = (flops["training: backbone"] + flops["validation: backbone"]) / total
-    out += ["", f"Backbone {100 * share:.1f}% / core {100 * (1 - share):.1f}% of the FLOPs. A training example costs "
-            f"{si(useful)} in the backbone alone, {si(padded)} in a refill of {run.refill_batch} prompts padded to the "
-            f"longest ({padded / useful:.2f}x).", "", f"### Memory per GPU ({run.batch} carry slots, {run.precision})", ""]
+    out += [
+        "",
+        f"Backbone {100 * share:.1f}% / core {100 * (1 - share):.1f}% of the FLOPs. A training example costs "
+        f"{si(useful)} in the backbone alone, {si(padded)} in a refill of {run.refill_batch} prompts padded to the "
+        f"longest ({padded / useful:.2f}x).",
+        "",
+        f"### Memory per GPU ({run.batch} carry slots, {run.precision})",
+        "",
+    ]
     mem = run.memory()
-    out += table(["item", "GB"], [[k if k != "peak" else "**peak** (the first three + the largest transient)",
-                                   f"{v / 1e9:.2f}"] for k, v in mem.items()])
+    out += table(
+        ["item", "GB"],
+        [
+            [k if k != "peak" else "**peak** (the first three + the largest transient)", f"{v / 1e9:.2f}"]
+            for k, v in mem.items()
+        ],
+    )
     fits = "fits" if mem["peak"] <= acc.memory_gb * 1e9 else "does NOT fit"
-    out += ["", f"The peak {fits} in the {acc.memory_gb:g} GB of a {acc.name}. Not included: the CUDA context, "
-            "cuBLAS/SDPA workspaces and allocator fragmentation (typically 1-3 GB).", "", "### Assumptions", ""]
+    out += [
+        "",
+        f"The peak {fits} in the {acc.memory_gb:g} GB of a {acc.name}. Not included: the CUDA context, "
+        "cuBLAS/SDPA workspaces and allocator fragmentation (typically 1-3 GB).",
+        "",
+        "### Assumptions",
+        "",
+    ]
     return "\n".join(out + [f"- {note}" for note in plan.notes])
 
 
@@ -276,8 +319,10 @@ def build_plan(args: argparse.Namespace) -> tuple[Plan, object, object, object]:
     limits = [shape.max_positions, spec["max_length"], tokenizer.model_max_length if own else None]
     budget = min((int(x) for x in limits if isinstance(x, int) and 0 < x < 10**9), default=None)
     task, stand_note = stand_in(task, args.hub_data)
-    lengths = [prompt_lengths(task, s, tokenizer, budget, args.max_prompts, args.seed)
-               for s in dict.fromkeys(["train", data.val_split])]
+    lengths = [
+        prompt_lengths(task, s, tokenizer, budget, args.max_prompts, args.seed)
+        for s in dict.fromkeys(["train", data.val_split])
+    ]
     lengths += lengths[:1] * (2 - len(lengths))  # validating on the training split
     steps, n_sup = trainer.max_steps, model.halt_max_steps
     if not steps or steps < 0:
@@ -287,7 +332,11 @@ def build_plan(args: argparse.Namespace) -> tuple[Plan, object, object, object]:
         raise HybridReasonError(f"--mean-steps {mean_steps} must be in 1..{n_sup} (model.halt_max_steps)")
     interval = trainer.val_check_interval
     optimizer = model.optimizer  # a class_path section, or the default: the adamw function
-    optimizer = _plain(optimizer).get("class_path", "?") if hasattr(optimizer, "keys") else getattr(optimizer, "__name__", "AdamW")
+    optimizer = (
+        _plain(optimizer).get("class_path", "?")
+        if hasattr(optimizer, "keys")
+        else getattr(optimizer, "__name__", "AdamW")
+    )
     run = TrainingRun(
         backbone=shape, train=lengths[0].tokens, evaluation=lengths[1].tokens, steps=steps, batch=data.batch_size,
         core=CoreShape(CoreConfig(**_plain(model.core)), task.num_slots, task.vocab_size, shape.hidden_size,
@@ -301,15 +350,21 @@ def build_plan(args: argparse.Namespace) -> tuple[Plan, object, object, object]:
     )  # fmt: skip
     acc = ACCELERATORS[args.accelerator]
     if args.peak_tflops:
-        acc = dataclasses.replace(acc, name=f"{acc.name} (peak set to {args.peak_tflops:g})",
-                                  tflops_16=args.peak_tflops, tflops_32=args.peak_tflops)
+        acc = dataclasses.replace(
+            acc,
+            name=f"{acc.name} (peak set to {args.peak_tflops:g})",
+            tflops_16=args.peak_tflops,
+            tflops_32=args.peak_tflops,
+        )
     plan = Plan(args.config, run, lengths, spec, acc, args.mfu)
     plan.about = _about(run, spec, config_source, tok_name, task, budget, str(optimizer))
     plan.notes = _assumptions(run, stand_note, args)
     return plan, task, config, tokenizer
 
 
-def _about(run: TrainingRun, spec: dict, config_source: str, tok_name: str, task, budget, optimizer: str) -> dict[str, str]:
+def _about(
+    run: TrainingRun, spec: dict, config_source: str, tok_name: str, task, budget, optimizer: str
+) -> dict[str, str]:
     """The header lines: what the plan is about."""
     bb, core, c = run.backbone, run.core, run.core.core
     quant = f", {spec['quantization']}" if spec["quantization"] else ""
@@ -333,16 +388,22 @@ def _assumptions(run: TrainingRun, stand_note: str, args) -> list[str]:
     notes = [f"Prompts rendered without augmentation; at most {args.max_prompts} per split (a seeded sample)."]
     notes += [stand_note + "."] if stand_note else []
     if run.lockstep:
-        notes.append(f"Mean halting step {run.mean_steps:g} = N_sup (the halt head starts at bias -5; --mean-steps sets "
-                     "another): all slots halt together and refill in one step every N_sup steps, in one batch "
-                     "padded to its longest prompt.")
+        notes.append(
+            f"Mean halting step {run.mean_steps:g} = N_sup (the halt head starts at bias -5; --mean-steps sets "
+            "another): all slots halt together and refill in one step every N_sup steps, in one batch "
+            "padded to its longest prompt."
+        )
     else:
-        notes.append(f"Mean halting step {run.mean_steps:g} (--mean-steps): about {run.refill_batch} refills per step, "
-                     "in one batch padded to its longest prompt. Backbone FLOPs scale as 1 / mean halting step.")
+        notes.append(
+            f"Mean halting step {run.mean_steps:g} (--mean-steps): about {run.refill_batch} refills per step, "
+            "in one batch padded to its longest prompt. Backbone FLOPs scale as 1 / mean halting step."
+        )
     if run.core.num_context_slots:
-        notes.append(f"The carry's token states are padded to the longest prompt it has held ({run.carry_tokens} "
-                     "tokens, the longest measured): Encoded.replace never trims them and the resampler reads all "
-                     "of them at every step.")
+        notes.append(
+            f"The carry's token states are padded to the longest prompt it has held ({run.carry_tokens} "
+            "tokens, the longest measured): Encoded.replace never trims them and the resampler reads all "
+            "of them at every step."
+        )
     return notes + [
         f"Validation: {run.val_runs} runs (max_steps / val_check_interval) of {run.val_examples} examples, "
         f"{run.eval_steps} supervision steps each, in batches of {run.eval_batch}.",
@@ -387,8 +448,14 @@ def validate(plan: Plan, task, config, tokenizer, layers: int) -> list[tuple[str
     if isinstance(getattr(cut, "layer_types", None), list):
         cut.layer_types = cut.layer_types[:keep]
     torch.manual_seed(run.seed)
-    backbone = Backbone(AutoModel.from_config(cut, attn_implementation="sdpa"), tokenizer,
-                        BackboneSpec(name="random", hidden_layer=keep), keep, keep, cache=None)
+    backbone = Backbone(
+        AutoModel.from_config(cut, attn_implementation="sdpa"),
+        tokenizer,
+        BackboneSpec(name="random", hidden_layer=keep),
+        keep,
+        keep,
+        cache=None,
+    )
     shape, rows, train = dataclasses.replace(run.backbone, layers_run=keep, num_layers=keep), [], plan.lengths[0]
     for q in (50, 90):
         j = int(np.argmin(np.abs(train.tokens - np.percentile(train.tokens, q))))
@@ -415,8 +482,12 @@ def validate(plan: Plan, task, config, tokenizer, layers: int) -> list[tuple[str
 # ------------------------------------------------------------------------------ command
 def parser() -> argparse.ArgumentParser:
     """Flags of `hybrid-reason plan`; other `--key value` pairs override the recipe (as for fit)."""
-    p = argparse.ArgumentParser(prog="hybrid-reason plan", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hybrid-reason plan",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help="the training recipe (YAML)")
     p.add_argument("--backbone-config", help="a model folder, a config.json, or qwen2.5-0.5b / qwen2.5-1.5b")
     p.add_argument("--tokenizer", help="count prompt tokens with this tokenizer (hub id in the cache, folder, alias)")
@@ -441,5 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.validate:
         rows = validate(plan, task, config, tokenizer, args.validate_layers)
         print("\n### FLOP model against torch's FlopCounterMode (CPU, random weights)\n")
-        print("\n".join(table(["what", "model", "FlopCounterMode", "error"],
-                              [[w, f"{m:,}", f"{c:,}", f"{100 * (m - c) / c:+.3f}%"] for w, m, c in rows])))
+        print(
+            "\n".join(
+                table(
+                    ["what", "model", "FlopCounterMode", "error"],
+                    [[w, f"{m:,}", f"{c:,}", f"{100 * (m - c) / c:+.3f}%"] for w, m, c in rows],
+                )
+            )
+        )

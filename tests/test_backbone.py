@@ -40,11 +40,17 @@ NUM_LAYERS = 4
 def tiny(tmp_path_factory) -> dict[str, str]:
     """Paths of tiny random qwen2 / llama / bert backbones."""
     root = tmp_path_factory.mktemp("tiny")
-    paths = {arch: tiny_backbone(str(root / arch), arch, num_layers=NUM_LAYERS, seed=1, max_positions=4096)
-             for arch in ("qwen2", "llama", "bert")}
+    paths = {
+        arch: tiny_backbone(str(root / arch), arch, num_layers=NUM_LAYERS, seed=1, max_positions=4096)
+        for arch in ("qwen2", "llama", "bert")
+    }
     # bitsandbytes quantizes in blocks of 64 inputs: quantized tests need hidden sizes of 64 and more
-    paths.update({f"{arch}64": tiny_backbone(str(root / f"{arch}64"), arch, hidden_size=64, num_layers=NUM_LAYERS)
-                  for arch in ("qwen2", "llama")})
+    paths.update(
+        {
+            f"{arch}64": tiny_backbone(str(root / f"{arch}64"), arch, hidden_size=64, num_layers=NUM_LAYERS)
+            for arch in ("qwen2", "llama")
+        }
+    )
     return paths
 
 
@@ -118,8 +124,11 @@ def test_a_name_that_is_no_path_alias_or_hub_id_is_refused_at_once(name):
 def test_a_hub_id_not_in_the_cache_is_refused_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
-    with pytest.raises(HybridReasonError, match="'someorg/some-model' is not a local folder and, as a hub id, it is "
-                                                "not in the local Hugging Face cache while HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        HybridReasonError,
+        match="'someorg/some-model' is not a local folder and, as a hub id, it is "
+        "not in the local Hugging Face cache while HF_HUB_OFFLINE is set",
+    ):
         Backbone.load(BackboneSpec(name="someorg/some-model"))
 
 
@@ -152,7 +161,9 @@ def test_resolve_layer_follows_python_indexing():
 def test_hidden_layer_out_of_range_names_the_key_before_weights_load(tiny, tmp_path):
     weights = Path(tiny["qwen2"]) / "model.safetensors"
     assert check_backbone(BackboneSpec(name=tiny["qwen2"], hidden_layer=-2)) == NUM_LAYERS - 1
-    with pytest.raises(HybridReasonError, match=r"^model.backbone.hidden_layer 9 out of range for a model with 4 layers"):
+    with pytest.raises(
+        HybridReasonError, match=r"^model.backbone.hidden_layer 9 out of range for a model with 4 layers"
+    ):
         check_backbone(BackboneSpec(name=tiny["qwen2"], hidden_layer=9), key="model.backbone")
     # the same from Backbone.load, with the weights unreadable: the layer is checked first
     (tmp_path / "m").mkdir()
@@ -165,13 +176,16 @@ def test_hidden_layer_out_of_range_names_the_key_before_weights_load(tiny, tmp_p
         Backbone.load(BackboneSpec(name=str(tmp_path / "m")))
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("dtype", "bf16", r"backbone.dtype must be one of \('auto', 'float32', 'bfloat16', 'float16'\), got 'bf16'"),
-    ("quantization", "3bit", r"backbone.quantization must be one of \(None, '4bit', '8bit'\)"),
-    ("lora_rank", -1, "backbone.lora_rank must be an integer >= 0, got -1"),
-    ("max_batch_tokens", 0, "backbone.max_batch_tokens must be an integer >= 1, got 0"),
-    ("name", "", "backbone.name must be a model name or path"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("dtype", "bf16", r"backbone.dtype must be one of \('auto', 'float32', 'bfloat16', 'float16'\), got 'bf16'"),
+        ("quantization", "3bit", r"backbone.quantization must be one of \(None, '4bit', '8bit'\)"),
+        ("lora_rank", -1, "backbone.lora_rank must be an integer >= 0, got -1"),
+        ("max_batch_tokens", 0, "backbone.max_batch_tokens must be an integer >= 1, got 0"),
+        ("name", "", "backbone.name must be a model name or path"),
+    ],
+)
 def test_backbone_spec_values_are_checked_when_the_spec_is_built(key, value, message):
     with pytest.raises(HybridReasonError, match=message):
         BackboneSpec(**{key: value})
@@ -199,11 +213,11 @@ def test_layers_above_hidden_layer_are_neither_loaded_nor_run(tiny, arch):
         assert len(blocks) == max(k, 1)
         calls = []
         for block in blocks:
-            block.register_forward_hook(lambda *_: calls.append(1), prepend=True)  # before the capture hook
+            block.register_forward_hook(lambda *_, calls=calls: calls.append(1), prepend=True)  # before the capture
         norm = getattr(backbone.model, "norm", None)  # the decoder's final norm runs only for the last layer
         norm_calls = []
         if norm is not None:
-            norm.register_forward_hook(lambda *_: norm_calls.append(1))
+            norm.register_forward_hook(lambda *_, seen=norm_calls: seen.append(1))
         backbone.encode(["12 ab", "3"], [[(0, 2)], [(0, 1)]])
         assert len(calls) == k == backbone.num_layers_run, f"layer {k}: {len(calls)} blocks ran"
         if norm is not None:
@@ -346,8 +360,9 @@ def test_prompt_longer_than_context_is_rejected_by_name(tmp_path):
 def test_encoded_select_cat_replace_and_to():
     def rows(n: int, length: int, value: float) -> Encoded:
         mask = torch.ones(n, length, dtype=torch.bool)
-        return Encoded(torch.full((n, 3, 2), value), torch.zeros(n, 3, dtype=torch.bool),
-                       torch.full((n, length, 2), value), mask)
+        return Encoded(
+            torch.full((n, 3, 2), value), torch.zeros(n, 3, dtype=torch.bool), torch.full((n, length, 2), value), mask
+        )
 
     a, b = rows(3, 4, 1.0), rows(2, 6, 2.0)
     both = Encoded.cat([a, b])
@@ -445,7 +460,7 @@ def test_lora_weights_train_and_base_weights_do_not(tiny, quantization):
     backbone.train()
     enc = backbone.encode(["0120\n33 ab"], [[(0, 2), (5, 7)]])
     assert enc.features.requires_grad
-    (enc.features ** 2).sum().backward()
+    (enc.features**2).sum().backward()
     for name, p in backbone.named_parameters():
         if "lora_B" in name:  # lora_B starts at zero, so lora_A's first gradient is zero: B's is not
             assert p.grad is not None and p.grad.abs().sum() > 0, name

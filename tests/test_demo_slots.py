@@ -50,7 +50,11 @@ def expected_demo_cells(row: dict, aug: ArcAugmentation, shown: list[int]) -> di
 def test_num_slots_and_options(task):
     assert task.num_slots == CELLS + DEMOS * 2 * SIDE * SIDE
     assert ArcTask().num_slots == CELLS and ArcTask(demo_slots=True).num_slots == CELLS + 4 * 2 * 100
-    for options, named in (({"demo_side": 0}, "demo_side"), ({"demo_side": 31}, "demo_side"), ({"max_demos": 0}, "max_demos")):
+    for options, named in (
+        ({"demo_side": 0}, "demo_side"),
+        ({"demo_side": 31}, "demo_side"),
+        ({"max_demos": 0}, "max_demos"),
+    ):
         with pytest.raises(HybridReasonError, match=named):
             build_task("arc1", demo_slots=True, **options)
 
@@ -98,8 +102,11 @@ def test_demonstrations_dropped_for_the_budget_keep_their_slots_empty(task, rows
 
 
 def test_demonstrations_that_do_not_fit_are_errors_at_load_time_naming_the_task():
-    with pytest.raises(HybridReasonError, match=r"ARC task '\w+' .*demonstration \d+ (input|output) is \dx\d, larger "
-                                                r"than demo_side 4.*more queries"):
+    with pytest.raises(
+        HybridReasonError,
+        match=r"ARC task '\w+' .*demonstration \d+ (input|output) is \dx\d, larger "
+        r"than demo_side 4.*more queries",
+    ):
         ArcTask(max_grid_side=SIDE, demo_slots=True, demo_side=4, max_demos=DEMOS).load("train")
     with pytest.raises(HybridReasonError, match=r"ARC task '\w+' .*demonstrations, more than max_demos 3"):
         ArcTask(max_grid_side=SIDE, demo_slots=True, demo_side=SIDE, max_demos=3).load("test")
@@ -127,9 +134,13 @@ def llm_path(tmp_path_factory) -> str:
 
 def make_model(backbone: str, task: ArcTask) -> HybridReasoner:
     torch.manual_seed(0)
-    config = HybridReasonerConfig(backbone={"name": backbone}, core={"d_model": 32, "num_heads": 2, "num_layers": 1,
-                                                                     "n": 1, "T": 1},
-                                  answer_vocab_size=task.vocab_size, num_slots=task.num_slots, halt_max_steps=1)
+    config = HybridReasonerConfig(
+        backbone={"name": backbone},
+        core={"d_model": 32, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1},
+        answer_vocab_size=task.vocab_size,
+        num_slots=task.num_slots,
+        halt_max_steps=1,
+    )
     return HybridReasoner(config).eval()
 
 
@@ -148,7 +159,9 @@ def test_the_core_sees_every_demonstration_cell(task, rows, backbone, llm_path):
             assert int(enc.features[0, slot].argmax()) == ord(digit) and enc.features[0, slot].sum() == 1
     else:  # a one-character span pools the one token over that character
         batch = bb.tokenizer([ex.text], return_offsets_mapping=True)
-        states = bb.hidden_states(torch.tensor(batch["input_ids"]), torch.ones(1, len(batch["input_ids"][0]), dtype=torch.long))
+        states = bb.hidden_states(
+            torch.tensor(batch["input_ids"]), torch.ones(1, len(batch["input_ids"][0]), dtype=torch.long)
+        )
         offsets = batch["offset_mapping"][0]
         for slot in cells:
             a = ex.slot_spans[slot][0]

@@ -40,7 +40,7 @@ def user_error(argv: list[str], capsys) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and err.rstrip().endswith(lines[0]) and "Traceback" not in err, err[-3000:]
-    return lines[0][len("error: "):]
+    return lines[0][len("error: ") :]
 
 
 def listing(root: Path) -> dict[str, bytes]:
@@ -65,8 +65,10 @@ def trained(backbone_path, tmp_path_factory) -> Path:  # noqa: F811
 
 # ------------------------------------------------------------------------------ the entry point
 def test_only_user_errors_become_one_line_and_bugs_keep_their_traceback(capsys, monkeypatch, tmp_path):
-    assert user_error(["export", str(tmp_path / "no.ckpt"), str(tmp_path / "out")], capsys) == \
-        f"checkpoint {tmp_path / 'no.ckpt'}: no such file"
+    assert (
+        user_error(["export", str(tmp_path / "no.ckpt"), str(tmp_path / "out")], capsys)
+        == f"checkpoint {tmp_path / 'no.ckpt'}: no such file"
+    )
     assert user_error(["fitt"], capsys) == "unknown command 'fitt'"
     monkeypatch.setitem(cli.COMMANDS, "bug", ("json", "loads", "a command whose failure is a bug"))
     with pytest.raises(TypeError):  # json.loads(["x"]): not a user error, so the traceback stays
@@ -94,37 +96,61 @@ def test_a_user_error_is_found_where_a_library_wrapped_it():
 # ------------------------------------------------------------------------------ recipes
 def damaged_model(folder: Path) -> str:
     """A saved model folder whose weights file is cut in half."""
-    config = HybridReasonerConfig(core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1},
-                                  task={"name": "sort"}, answer_vocab_size=6, num_slots=4, backbone_hidden_size=32)
+    config = HybridReasonerConfig(
+        core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1},
+        task={"name": "sort"},
+        answer_vocab_size=6,
+        num_slots=4,
+        backbone_hidden_size=32,
+    )
     HybridReasoner(config).save_pretrained(folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     return str(folder)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model.core.n", "0"], r"model.core.n must be an integer >= 1, got 0"),
-    (["--model.core.d_model", "30"], r"model.core.d_model / core.num_heads = 15 must be even"),
-    (["--model.backbone.hidden_layer", "7"], r"model.backbone.hidden_layer 7 out of range for a model with 2 layers"),
-    (["--data.batch_size", "-2"], r"data.batch_size must be >= 1, got -2"),
-    (["--model.backbone.name", "no-such-backbone"], r"model.backbone.name: backbone 'no-such-backbone' is not a local "
-                                                    r"folder, a .gguf file, an alias .* or a hub id of the form org/name"),
-    (["--model.backbone.name", "someorg/not-cached"], r"'someorg/not-cached' is not a local folder and, as a hub id, "
-                                                      r"it is not in the local Hugging Face cache while HF_HUB_OFFLINE"),
-    (["--model.init_from", "DAMAGED"], r"model.init_from: .*/damaged/model.safetensors is damaged or not a safetensors"),
-    (["--trainer.default_root_dir", "FILE"], r"trainer.default_root_dir .*/a-file is a file: give a folder"),
-    (["--ckpt_path", "RANDOM"], r"checkpoint .*/random.ckpt is not a PyTorch checkpoint"),
-    (["--ckpt_path", "last"], r"--ckpt_path last: no last.ckpt under .*/runs/version_\*/checkpoints"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.core.n", "0"], r"model.core.n must be an integer >= 1, got 0"),
+        (["--model.core.d_model", "30"], r"model.core.d_model / core.num_heads = 15 must be even"),
+        (
+            ["--model.backbone.hidden_layer", "7"],
+            r"model.backbone.hidden_layer 7 out of range for a model with 2 layers",
+        ),
+        (["--data.batch_size", "-2"], r"data.batch_size must be >= 1, got -2"),
+        (
+            ["--model.backbone.name", "no-such-backbone"],
+            r"model.backbone.name: backbone 'no-such-backbone' is not a local "
+            r"folder, a .gguf file, an alias .* or a hub id of the form org/name",
+        ),
+        (
+            ["--model.backbone.name", "someorg/not-cached"],
+            r"'someorg/not-cached' is not a local folder and, as a hub id, "
+            r"it is not in the local Hugging Face cache while HF_HUB_OFFLINE",
+        ),
+        (
+            ["--model.init_from", "DAMAGED"],
+            r"model.init_from: .*/damaged/model.safetensors is damaged or not a safetensors",
+        ),
+        (["--trainer.default_root_dir", "FILE"], r"trainer.default_root_dir .*/a-file is a file: give a folder"),
+        (["--ckpt_path", "RANDOM"], r"checkpoint .*/random.ckpt is not a PyTorch checkpoint"),
+        (["--ckpt_path", "last"], r"--ckpt_path last: no last.ckpt under .*/runs/version_\*/checkpoints"),
+    ],
+)
 def test_bad_values_stop_fit_in_one_line_naming_the_key_and_write_nothing(
-        backbone_path, tmp_path, capsys, monkeypatch, args, message):  # noqa: F811
+    backbone_path, tmp_path, capsys, monkeypatch, args, message
+):  # noqa: F811
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # an empty cache
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     (tmp_path / "a-file").write_text("the user's file")
     (tmp_path / "random.ckpt").write_bytes(os.urandom(4096))
-    places = {"DAMAGED": damaged_model(tmp_path / "damaged"), "FILE": str(tmp_path / "a-file"),
-              "RANDOM": str(tmp_path / "random.ckpt")}
+    places = {
+        "DAMAGED": damaged_model(tmp_path / "damaged"),
+        "FILE": str(tmp_path / "a-file"),
+        "RANDOM": str(tmp_path / "random.ckpt"),
+    }
     args = [places.get(a, a) for a in args]
     recipe = write_recipe(tmp_path / "tiny.yaml", backbone_path, str(tmp_path / "runs"))
     assert __import__("re").search(message, user_error(["fit", "--config", recipe, *args], capsys))
@@ -141,20 +167,29 @@ def test_a_wrong_type_or_choice_is_still_an_argument_error(backbone_path, tmp_pa
 ARC_PAIR = {"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}
 
 
-@pytest.mark.parametrize("task_json, named", [
-    ({"train": [{"input": [[1, 2], [3, 12]], "output": [[1]]}], "test": [ARC_PAIR]}, "colour 12"),
-    ({"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": [ARC_PAIR]}, "ragged"),
-    ({"train": [ARC_PAIR], "test": [{"input": [[1] * 31] * 31, "output": [[1]]}]}, "31x31"),
-    ('{"train": [', "bad.json"),
-])
+@pytest.mark.parametrize(
+    "task_json, named",
+    [
+        ({"train": [{"input": [[1, 2], [3, 12]], "output": [[1]]}], "test": [ARC_PAIR]}, "colour 12"),
+        ({"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": [ARC_PAIR]}, "ragged"),
+        ({"train": [ARC_PAIR], "test": [{"input": [[1] * 31] * 31, "output": [[1]]}]}, "31x31"),
+        ('{"train": [', "bad.json"),
+    ],
+)
 def test_fit_on_a_bad_arc_folder_fails_in_one_line_before_the_run_folder_exists(
-        backbone_path, tmp_path, capsys, task_json, named):  # noqa: F811
+    backbone_path, tmp_path, capsys, task_json, named
+):  # noqa: F811
     folder = tmp_path / "arc"
     folder.mkdir()
     (folder / "good.json").write_text(json.dumps({"train": [ARC_PAIR, ARC_PAIR], "test": [ARC_PAIR]}))
     (folder / "bad.json").write_text(task_json if isinstance(task_json, str) else json.dumps(task_json))
-    recipe = write_recipe(tmp_path / "arc.yaml", backbone_path, str(tmp_path / "runs"),
-                          data__task={"name": "arc1", "source": str(folder)}, data__batch_size=2)
+    recipe = write_recipe(
+        tmp_path / "arc.yaml",
+        backbone_path,
+        str(tmp_path / "runs"),
+        data__task={"name": "arc1", "source": str(folder)},
+        data__batch_size=2,
+    )
     line = user_error(["fit", "--config", recipe, "--trainer.limit_val_batches", "0"], capsys)
     assert named in line and "bad" in line
     assert not (tmp_path / "runs").exists()  # no version_0/config.yaml, hparams.yaml left behind
@@ -164,19 +199,30 @@ def test_fit_on_a_bad_arc_folder_fails_in_one_line_before_the_run_folder_exists(
 @pytest.fixture
 def saved(tmp_path) -> Path:
     """A saved tiny HybridReasoner (its backbone is never loaded: only its hidden size is recorded)."""
-    config = HybridReasonerConfig(core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1},
-                                  task={"name": "sort"}, answer_vocab_size=6, num_slots=4, backbone_hidden_size=32)
+    config = HybridReasonerConfig(
+        core={"d_model": 16, "num_heads": 2, "num_layers": 1, "n": 1, "T": 1},
+        task={"name": "sort"},
+        answer_vocab_size=6,
+        num_slots=4,
+        backbone_hidden_size=32,
+    )
     HybridReasoner(config).save_pretrained(tmp_path / "model")
     return tmp_path / "model"
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda w: w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2]), "model.safetensors is damaged or not a safetensors file"),
-    (lambda w: w.write_bytes(b""), "model.safetensors is damaged or not a safetensors file"),
-    (lambda w: w.write_bytes(os.urandom(3000)), "model.safetensors is damaged or not a safetensors file"),
-    (lambda w: w.unlink(), "no model.safetensors"),
-    (lambda w: (w.parent / "config.json").write_text("{ not json"), "config.json is not a readable JSON file"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda w: w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2]),
+            "model.safetensors is damaged or not a safetensors file",
+        ),
+        (lambda w: w.write_bytes(b""), "model.safetensors is damaged or not a safetensors file"),
+        (lambda w: w.write_bytes(os.urandom(3000)), "model.safetensors is damaged or not a safetensors file"),
+        (lambda w: w.unlink(), "no model.safetensors"),
+        (lambda w: (w.parent / "config.json").write_text("{ not json"), "config.json is not a readable JSON file"),
+    ],
+)
 def test_a_damaged_model_folder_is_one_line_naming_it(saved, damage, message):
     damage(saved / "model.safetensors")
     loads = [HybridReasoner.from_pretrained, check_saved_model]
@@ -241,7 +287,9 @@ def test_export_refuses_the_users_folder_and_files(trained, tmp_path, capsys):
     before = listing(tmp_path)
     assert "exists and is not empty" in user_error(["export", ckpt, str(mine)], capsys)
     assert "is not a model folder" in user_error(["export", ckpt, str(mine), "--overwrite"], capsys)
-    assert user_error(["export", ckpt, str(tmp_path / "a-file"), "--overwrite"], capsys).endswith("a-file is a file: give a folder")
+    assert user_error(["export", ckpt, str(tmp_path / "a-file"), "--overwrite"], capsys).endswith(
+        "a-file is a file: give a folder"
+    )
     assert "which is a file" in user_error(["export", ckpt, str(tmp_path / "a-file" / "out")], capsys)
     assert listing(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["a-file", "mine"]  # no temporary left
 
@@ -269,15 +317,19 @@ def _umask() -> int:
     return mask
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("truncated", "is not a PyTorch checkpoint (empty, truncated or another kind of file)"),
-    ("empty", "is not a PyTorch checkpoint (empty, truncated or another kind of file)"),
-    ("random", "is not a PyTorch checkpoint (empty, truncated or another kind of file)"),
-    ("foreign", "is not a hybrid_reason training checkpoint"),
-    ("folder", "is a folder, not a checkpoint file"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("truncated", "is not a PyTorch checkpoint (empty, truncated or another kind of file)"),
+        ("empty", "is not a PyTorch checkpoint (empty, truncated or another kind of file)"),
+        ("random", "is not a PyTorch checkpoint (empty, truncated or another kind of file)"),
+        ("foreign", "is not a hybrid_reason training checkpoint"),
+        ("folder", "is a folder, not a checkpoint file"),
+    ],
+)
 def test_a_bad_checkpoint_is_one_line_naming_it_for_export_and_ckpt_path(
-        trained, backbone_path, tmp_path, capsys, kind, message):  # noqa: F811
+    trained, backbone_path, tmp_path, capsys, kind, message
+):  # noqa: F811
     good = (trained / "version_0" / "checkpoints" / "last.ckpt").read_bytes()
     bad = tmp_path / f"{kind}.ckpt"
     if kind == "folder":
@@ -301,8 +353,19 @@ def test_ckpt_path_last_resumes_the_newest_run_and_says_so(trained, backbone_pat
     shutil.copytree(trained / "version_0", root / "version_10")  # the newest, by number (not by name order)
     (root / "version_2" / "checkpoints").mkdir(parents=True)  # a run that saved nothing
     recipe = write_recipe(tmp_path / "tiny.yaml", backbone_path, str(root))
-    resumed = main(["fit", "--config", recipe, "--ckpt_path", "last", "--trainer.max_steps", "6",
-                    "--trainer.limit_val_batches", "0"])
+    resumed = main(
+        [
+            "fit",
+            "--config",
+            recipe,
+            "--ckpt_path",
+            "last",
+            "--trainer.max_steps",
+            "6",
+            "--trainer.limit_val_batches",
+            "0",
+        ]
+    )
     assert f"--ckpt_path last is {root / 'version_10' / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
     assert resumed.trainer.ckpt_path == str(root / "version_10" / "checkpoints" / "last.ckpt")  # restored from it
     assert resumed.trainer.global_step == 6 and resumed.trainer.log_dir == str(root / "version_11")

@@ -23,9 +23,14 @@ def test_key_depends_on_every_part():
     key = FeatureCache.make_key(*base)
     assert key == FeatureCache.make_key(*base) and len(key) == 64
     assert key == FeatureCache.make_key(base[0], 3, "12\n34", [[0, 1], None])  # lists and tuples alike
-    variants = [("other", 3, "12\n34", [(0, 1), None]), (base[0], 2, "12\n34", [(0, 1), None]),
-                (base[0], 3, "12\n35", [(0, 1), None]), (base[0], 3, "12\n34", [(0, 2), None]),
-                (base[0], 3, "12\n34", [(0, 1), (1, 2)]), (base[0], 3, "12\n34", [(0, 1)])]
+    variants = [
+        ("other", 3, "12\n34", [(0, 1), None]),
+        (base[0], 2, "12\n34", [(0, 1), None]),
+        (base[0], 3, "12\n35", [(0, 1), None]),
+        (base[0], 3, "12\n34", [(0, 2), None]),
+        (base[0], 3, "12\n34", [(0, 1), (1, 2)]),
+        (base[0], 3, "12\n34", [(0, 1)]),
+    ]
     assert len({FeatureCache.make_key(*v) for v in variants} | {key}) == len(variants) + 1
 
 
@@ -82,8 +87,9 @@ def tiny_path(tmp_path_factory) -> str:
 def counting(backbone: Backbone) -> list[int]:
     """Batch sizes of every model forward the backbone runs."""
     sizes: list[int] = []
-    backbone.model.register_forward_pre_hook(lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
-                                             with_kwargs=True)
+    backbone.model.register_forward_pre_hook(
+        lambda m, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     return sizes
 
 

@@ -82,8 +82,13 @@ def test_lora_or_quantization_on_none_is_refused():
 
 
 def none_config(**overrides) -> HybridReasonerConfig:
-    kwargs = dict(backbone={"name": "none"}, core={"d_model": 64, "num_heads": 4, "num_layers": 1, "n": 2, "T": 2},
-                  answer_vocab_size=16, num_slots=4, halt_max_steps=2)
+    kwargs = dict(
+        backbone={"name": "none"},
+        core={"d_model": 64, "num_heads": 4, "num_layers": 1, "n": 2, "T": 2},
+        answer_vocab_size=16,
+        num_slots=4,
+        halt_max_steps=2,
+    )
     return HybridReasonerConfig(**(kwargs | overrides))
 
 

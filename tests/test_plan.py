@@ -31,8 +31,10 @@ ARCHS = ("qwen2", "llama", "bert")
 def backbones(tmp_path_factory):
     """Tiny random backbones of each architecture, 4 layers, 2,048 positions."""
     root = tmp_path_factory.mktemp("plan_backbones")
-    return {arch: tiny_backbone(str(root / arch), arch=arch, hidden_size=32, num_layers=4, max_positions=2048)
-            for arch in ARCHS}
+    return {
+        arch: tiny_backbone(str(root / arch), arch=arch, hidden_size=32, num_layers=4, max_positions=2048)
+        for arch in ARCHS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +65,27 @@ def test_backbone_flops_match_flop_counter_on_real_prompts(backbones, arc_prompt
     assert relative_error(shape.flops(max(lengths), batch=3), counted) < 0.05
 
 
-@pytest.mark.parametrize("mixer, context, ids, unrolled", [("attention", 0, 0, False), ("mlp", 0, 0, False),
-                                                           ("attention", 3, 0, False), ("mlp", 3, 0, False),
-                                                           ("attention", 0, 7, False), ("attention", 0, 0, True)])
+@pytest.mark.parametrize(
+    "mixer, context, ids, unrolled",
+    [
+        ("attention", 0, 0, False),
+        ("mlp", 0, 0, False),
+        ("attention", 3, 0, False),
+        ("mlp", 3, 0, False),
+        ("attention", 0, 7, False),
+        ("attention", 0, 0, True),
+    ],
+)
 def test_core_step_flops_match_flop_counter(mixer, context, ids, unrolled):
     core = {"d_model": 32, "num_heads": 4, "num_layers": 2, "n": 2, "T": 3, "mixer": mixer, "unrolled": unrolled}
-    cfg = HybridReasonerConfig(core=core,
-                               answer_vocab_size=5, num_slots=10, num_context_slots=context, num_puzzle_ids=ids,
-                               backbone_hidden_size=24)
+    cfg = HybridReasonerConfig(
+        core=core,
+        answer_vocab_size=5,
+        num_slots=10,
+        num_context_slots=context,
+        num_puzzle_ids=ids,
+        backbone_hidden_size=24,
+    )
     model = HybridReasoner(cfg).train()
     B, L = 2, 13
     tokens = (torch.randn(B, L, 24), torch.ones(B, L, dtype=torch.bool)) if context else (None, None)
@@ -122,8 +137,13 @@ def saved_bytes(fn) -> int:
 @pytest.mark.parametrize("autocast", [False, True])
 def test_core_activation_bytes_match_what_autograd_saves(mixer, context, autocast):
     S, d_llm, L, V = 30, 48, 50, 7
-    cfg = HybridReasonerConfig(core={"d_model": 64, "num_heads": 4, "num_layers": 2, "n": 2, "T": 2, "mixer": mixer},
-                               answer_vocab_size=V, num_slots=S, num_context_slots=context, backbone_hidden_size=d_llm)
+    cfg = HybridReasonerConfig(
+        core={"d_model": 64, "num_heads": 4, "num_layers": 2, "n": 2, "T": 2, "mixer": mixer},
+        answer_vocab_size=V,
+        num_slots=S,
+        num_context_slots=context,
+        backbone_hidden_size=d_llm,
+    )
     model = HybridReasoner(cfg).train()
 
     def step(B):
@@ -149,8 +169,10 @@ def test_backbone_peak_activations_match_the_profiler(lengths):
     model = AutoModel.from_config(config, attn_implementation="sdpa").eval()
     B, L = len(lengths), max(lengths)
     mask = torch.tensor([[1] * n + [0] * (L - n) for n in lengths])
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                                  with_stack=True) as prof:
+    with (
+        torch.no_grad(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof,
+    ):
         model(input_ids=torch.randint(0, 1000, (B, L)), attention_mask=mask, use_cache=False)
     _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
     sizes = np.asarray(sizes)
@@ -195,7 +217,9 @@ def test_hub_sources_stand_in_with_generated_puzzles_of_the_same_layout(tmp_path
     answer = "".join(str(1 + (3 * (i // 9) + i // 27 + i % 9) % 9) for i in range(81))
     question = "".join(digit if i % 3 else "." for i, digit in enumerate(answer))
     csv.write_text(f"source,question,answer,rating\nx,{question},{answer},5\n")
-    real = build_task("sudoku", size=9, source=str(csv)).render(build_task("sudoku", size=9, source=str(csv)).load("train")[0])
+    real = build_task("sudoku", size=9, source=str(csv)).render(
+        build_task("sudoku", size=9, source=str(csv)).load("train")[0]
+    )
     generated = task.render(build_task("sudoku", size=9, num_train=3).load("train")[0])
     assert len(real.text) == len(generated.text) and real.text.count("\n") == generated.text.count("\n")
 

@@ -16,7 +16,12 @@ from hybrid_reason.training.recipe_cli import main, parse_recipe
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-GPU_RECIPES = {"arc_qwen.yaml": "arc1", "arc2_qwen.yaml": "arc2", "sudoku_qwen.yaml": "sudoku", "maze_qwen.yaml": "maze"}
+GPU_RECIPES = {
+    "arc_qwen.yaml": "arc1",
+    "arc2_qwen.yaml": "arc2",
+    "sudoku_qwen.yaml": "sudoku",
+    "maze_qwen.yaml": "maze",
+}
 BASES = {"arc2_qwen.yaml": "arc_qwen.yaml"}  # overlays, given after their base: --config base --config overlay
 
 
@@ -41,8 +46,11 @@ def test_recipe_parses_and_its_task_builds(name):
 
 @pytest.mark.parametrize("name, task", sorted(GPU_RECIPES.items()))
 def test_gpu_recipes_scale_trm_to_qwen(name, task):
-    config = parse_recipe(str(RECIPES / BASES[name]), "--config", str(RECIPES / name)) if name in BASES \
+    config = (
+        parse_recipe(str(RECIPES / BASES[name]), "--config", str(RECIPES / name))
+        if name in BASES
         else parse_recipe(str(RECIPES / name))
+    )
     assert config.data.task["name"] == task
     assert config.model.backbone.name == "Qwen/Qwen2.5-0.5B-Instruct" and config.model.backbone.dtype == "bfloat16"
     assert config.trainer.accelerator == "gpu" and config.trainer.precision == "bf16-mixed"

@@ -21,8 +21,13 @@ SMALL = {
     "sudoku": {"size": 4, "num_train": 5, "num_validation": 2, "num_test": 2},
     "maze": {"size": 11, "num_train": 5, "num_validation": 2, "num_test": 2},
     "sort": {"num_train": 20, "num_validation": 5, "num_test": 5},
-    "rules": {"num_train_rules": 4, "num_eval_rules": 2, "train_examples_per_rule": 1, "test_examples_per_rule": 1,
-              "max_side": 5},
+    "rules": {
+        "num_train_rules": 4,
+        "num_eval_rules": 2,
+        "train_examples_per_rule": 1,
+        "test_examples_per_rule": 1,
+        "max_side": 5,
+    },
 }
 
 

@@ -68,8 +68,13 @@ def test_fit_exports_a_model_that_loads_in_a_new_process(backbone_path, tmp_path
         "print(type(model).__name__, model.config.task['name'], tuple(out.logits.shape))\n"
         "torch.save(model.answer_head.weight, sys.argv[2])\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, folder, str(tmp_path / "w.pt")], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=os.getcwd()), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, folder, str(tmp_path / "w.pt")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HybridReasoner sort (1, 4, 6)" in proc.stdout
     assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True), ema)  # the EMA weights were exported
@@ -100,8 +105,14 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path):
 
 
 def test_the_progress_bar_counts_steps_and_fit_ends_with_a_whole_sentence(backbone_path, tmp_path, capsys):  # noqa: F811
-    recipe = write_recipe(tmp_path / "tiny.yaml", backbone_path, str(tmp_path / "runs"), trainer__enable_progress_bar=True,
-                          trainer__limit_val_batches=0, trainer__log_every_n_steps=50)  # no validation, no metrics
+    recipe = write_recipe(
+        tmp_path / "tiny.yaml",
+        backbone_path,
+        str(tmp_path / "runs"),
+        trainer__enable_progress_bar=True,
+        trainer__limit_val_batches=0,
+        trainer__log_every_n_steps=50,
+    )  # no validation, no metrics
     main(["fit", "--config", recipe, "--trainer.max_steps", "4"])
     out = capsys.readouterr().out
     bar = [line for line in out.splitlines() if line.startswith("Training")]
@@ -110,7 +121,10 @@ def test_the_progress_bar_counts_steps_and_fit_ends_with_a_whole_sentence(backbo
     summary = [line for line in out.splitlines() if " steps in " in line]
     assert len(summary) == 1 and summary[0].startswith("hybrid-reason: 4 steps in ") and summary[0].endswith(" s")
     assert fit_summary(6, 228.2, {}) == "6 steps in 228 s"
-    assert fit_summary(6, 71, {"val/exact_acc": torch.tensor(0.5), "train/loss": 1.0}) == "6 steps in 71 s; val/exact_acc=0.5"
+    assert (
+        fit_summary(6, 71, {"val/exact_acc": torch.tensor(0.5), "train/loss": 1.0})
+        == "6 steps in 71 s; val/exact_acc=0.5"
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,8 +141,13 @@ def test_the_progress_bar_counts_steps_and_fit_ends_with_a_whole_sentence(backbo
     ],
 )
 def test_bad_recipes_fail_before_any_model_loads(tmp_path, capsys, changes, args, named):
-    config = HybridReasonerConfig(core={"d_model": 8, "num_heads": 2, "num_layers": 1}, task={"name": "sort"},
-                                  answer_vocab_size=4, num_slots=4, backbone_hidden_size=8)
+    config = HybridReasonerConfig(
+        core={"d_model": 8, "num_heads": 2, "num_layers": 1},
+        task={"name": "sort"},
+        answer_vocab_size=4,
+        num_slots=4,
+        backbone_hidden_size=8,
+    )
     HybridReasoner(config).save_pretrained(tmp_path / "saved")  # a 4-value Sort: its vocabulary does not fit TASK's
     changes = {k: (str(tmp_path / "saved") if v == "SAVED" else v) for k, v in changes.items()}
     # The backbone does not exist: any error about it would mean a model started loading.

@@ -15,6 +15,19 @@ from .loading import (
 )
 from .symbols import NO_LLM, SymbolBackbone
 
-__all__ = ["Backbone", "BackboneIdentity", "BackboneSpec", "Encoded", "FeatureCache", "TOKENIZER_FOLDER", "cache_root",
-           "materialize", "pool_spans", "resolve_backbone", "resolve_layer", "tokenizer_fingerprint", "NO_LLM",
-           "SymbolBackbone"]
+__all__ = [
+    "Backbone",
+    "BackboneIdentity",
+    "BackboneSpec",
+    "Encoded",
+    "FeatureCache",
+    "TOKENIZER_FOLDER",
+    "cache_root",
+    "materialize",
+    "pool_spans",
+    "resolve_backbone",
+    "resolve_layer",
+    "tokenizer_fingerprint",
+    "NO_LLM",
+    "SymbolBackbone",
+]

@@ -7,8 +7,8 @@ Merged tokens are shared: if "12" is one token, slots over "1" and over "2" both
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,19 +34,19 @@ class Encoded:
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    def to(self, device: torch.device | str) -> "Encoded":
+    def to(self, device: torch.device | str) -> Encoded:
         """The same rows on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Encoded(move(self.features), move(self.empty), move(self.tokens), move(self.token_mask))
 
-    def select(self, index: Sequence[int] | Tensor) -> "Encoded":
+    def select(self, index: Sequence[int] | Tensor) -> Encoded:
         """Rows ``index`` (a list or tensor of row numbers, or a bool mask)."""
         index = torch.as_tensor(index, device=self.features.device)
         pick = lambda t: None if t is None else t[index.to(t.device)]  # noqa: E731
         return Encoded(pick(self.features), pick(self.empty), pick(self.tokens), pick(self.token_mask))
 
     @staticmethod
-    def cat(parts: Sequence["Encoded"]) -> "Encoded":
+    def cat(parts: Sequence[Encoded]) -> Encoded:
         """Concatenate rows; token states are right-padded to the longest. All parts must agree on
         whether they carry tokens."""
         if not parts:
@@ -63,7 +63,7 @@ class Encoded:
         mask = torch.cat([F.pad(p.token_mask, (0, length - p.token_mask.shape[1])) for p in parts])
         return Encoded(features, empty, tokens, mask)
 
-    def replace(self, index: Sequence[int] | Tensor, other: "Encoded") -> "Encoded":
+    def replace(self, index: Sequence[int] | Tensor, other: Encoded) -> Encoded:
         """A copy with rows ``index`` replaced by ``other``'s rows, in order (refilling carry slots)."""
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         if len(index) != len(other):
@@ -72,7 +72,7 @@ class Encoded:
         order[index] = len(self) + torch.arange(len(other))
         return Encoded.cat([self, other.to(self.features.device)]).select(order)
 
-    def trimmed(self) -> "Encoded":
+    def trimmed(self) -> Encoded:
         """Token states cut to the longest real prompt of the batch (drops all-padding columns)."""
         if self.tokens is None:
             return self
@@ -90,15 +90,19 @@ def check_batch(texts: list[str], slot_spans: list[list[Span]], names: list[str]
     if not texts:
         raise ValueError("encode needs at least one text")
     if len(slot_spans) != len(texts) or (names is not None and len(names) != len(texts)):
-        raise ValueError(f"encode: {len(texts)} texts but {len(slot_spans)} slot span lists"
-                         + ("" if names is None else f" and {len(names)} names"))
+        raise ValueError(
+            f"encode: {len(texts)} texts but {len(slot_spans)} slot span lists"
+            + ("" if names is None else f" and {len(names)} names")
+        )
     if len({len(s) for s in slot_spans}) > 1:
         raise ValueError(f"encode: examples have different slot counts {sorted({len(s) for s in slot_spans})}")
     for i, (text, spans) in enumerate(zip(texts, slot_spans)):
         for j, span in enumerate(spans):
             if span is not None and not (len(span) == 2 and 0 <= span[0] < span[1] <= len(text)):
-                raise ValueError(f"example {label_of(names, i)} slot {j}: span {tuple(span)} is not a non-empty "
-                                 f"range inside the text of {len(text)} characters")
+                raise ValueError(
+                    f"example {label_of(names, i)} slot {j}: span {tuple(span)} is not a non-empty "
+                    f"range inside the text of {len(text)} characters"
+                )
 
 
 def slot_token_ranges(offsets: np.ndarray, spans: list[Span], label: str, text: str):
@@ -124,8 +128,9 @@ def slot_token_ranges(offsets: np.ndarray, spans: list[Span], label: str, text: 
     bad = np.nonzero(~empty & (lo > hi))[0]
     if len(bad):
         j = int(bad[0])
-        raise ValueError(f"example {label} slot {j}: span {spans[j]} ({text[spans[j][0]:spans[j][1]]!r}) "
-                         f"overlaps no token")
+        raise ValueError(
+            f"example {label} slot {j}: span {spans[j]} ({text[spans[j][0] : spans[j][1]]!r}) overlaps no token"
+        )
     first[~empty] = vidx[lo[~empty]]
     last[~empty] = vidx[hi[~empty]]
     return first, last, empty
@@ -151,4 +156,3 @@ def pool_spans(states: Tensor, valid: Tensor, first: Tensor, last: Tensor, empty
         mean = (sums[hi] - sums[lo]) / (counts[hi] - counts[lo]).clamp(min=1)[:, None]
         out[b, used] = mean.float()
     return out
-

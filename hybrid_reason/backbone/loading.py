@@ -113,8 +113,10 @@ def resolve_backbone(name: str) -> tuple[str, str | None]:
     if name.startswith((".", "/", "~")) or path.exists():
         raise HybridReasonError(f"backbone {name!r}: no such folder or .gguf file")
     if not _HUB_ID.match(name) or ".." in name or "--" in name:
-        raise HybridReasonError(f"backbone {name!r} is not a local folder, a .gguf file, an alias "
-                                f"({', '.join(ALIASES)}) or a hub id of the form org/name")
+        raise HybridReasonError(
+            f"backbone {name!r} is not a local folder, a .gguf file, an alias "
+            f"({', '.join(ALIASES)}) or a hub id of the form org/name"
+        )
     return name, None  # a hub id
 
 
@@ -208,8 +210,10 @@ def _first_line(err: BaseException) -> str:
 def resolve_layer(hidden_layer: int, num_layers: int, key: str = "backbone.hidden_layer") -> int:
     """``hidden_layer`` as an index in 0..num_layers (HF output_hidden_states has num_layers + 1)."""
     if not -(num_layers + 1) <= hidden_layer <= num_layers:
-        raise HybridReasonError(f"{key} {hidden_layer} out of range for a model with {num_layers} layers "
-                                f"(valid: {-(num_layers + 1)}..{num_layers})")
+        raise HybridReasonError(
+            f"{key} {hidden_layer} out of range for a model with {num_layers} layers "
+            f"(valid: {-(num_layers + 1)}..{num_layers})"
+        )
     return hidden_layer % (num_layers + 1)
 
 
@@ -227,7 +231,9 @@ def torch_dtype(name: str, device: str | torch.device | None = None) -> torch.dt
         return torch.bfloat16 if device is not None and torch.device(device).type == "cuda" else torch.float32
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise HybridReasonError(f"backbone.dtype {name!r} is not a torch floating dtype (try auto, float32 or bfloat16)")
+        raise HybridReasonError(
+            f"backbone.dtype {name!r} is not a torch floating dtype (try auto, float32 or bfloat16)"
+        )
     return dtype
 
 
@@ -301,8 +307,13 @@ def load_model(path: str, spec: BackboneSpec, device: str | torch.device | None)
     layer = resolve_layer(spec.hidden_layer, num_layers)
     _truncate_config(config, max(layer, 1))  # layer 0 keeps block 0, never run: its input is the feature
     dtype = torch_dtype(spec.dtype, device)
-    kwargs = dict(config=config, revision=spec.revision, dtype=dtype, output_loading_info=True,
-                  quantization_config=_quantization_config(spec.quantization, dtype))
+    kwargs = dict(
+        config=config,
+        revision=spec.revision,
+        dtype=dtype,
+        output_loading_info=True,
+        quantization_config=_quantization_config(spec.quantization, dtype),
+    )
     if device is not None:
         kwargs["device_map"] = {"": str(device)}
     verbosity = hf_logging.get_verbosity()
@@ -310,7 +321,9 @@ def load_model(path: str, spec: BackboneSpec, device: str | torch.device | None)
     try:
         model, info = AutoModel.from_pretrained(path, **kwargs)
     except (OSError, SafetensorError) as err:
-        raise HybridReasonError(f"backbone {spec.name!r}: cannot read its weights in {path} ({_first_line(err)})") from None
+        raise HybridReasonError(
+            f"backbone {spec.name!r}: cannot read its weights in {path} ({_first_line(err)})"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
@@ -346,4 +359,3 @@ def weights_stamp(path: str) -> str:
     files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".gguf")))
     stats = [(f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns) for f in files]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:12]
-

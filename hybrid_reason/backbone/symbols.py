@@ -62,8 +62,9 @@ def char_tokenizer():
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json()), unk_token="<unk>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json()), unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 class SymbolBackbone(nn.Module):
@@ -88,8 +89,13 @@ class SymbolBackbone(nn.Module):
         self.real_tokens = self.padded_tokens = 0  # no forward pass ever runs
 
     @classmethod
-    def load(cls, spec: BackboneSpec | None = None, cache=None, lora_path: str | None = None,
-             device: str | torch.device | None = None) -> SymbolBackbone:
+    def load(
+        cls,
+        spec: BackboneSpec | None = None,
+        cache=None,
+        lora_path: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> SymbolBackbone:
         """``Backbone.load``'s signature: ``cache`` is ignored (nothing to cache); a LoRA path is refused."""
         if lora_path is not None:
             raise HybridReasonError(f"the {NO_LLM!r} backbone has no weights: cannot load the LoRA adapter {lora_path}")
@@ -131,8 +137,14 @@ class SymbolBackbone(nn.Module):
         raise HybridReasonError(f"the {NO_LLM!r} backbone has no LoRA adapter to save to {path}")
 
     # ------------------------------------------------------------------ encode
-    def encode(self, texts: list[str], slot_spans: list[list[Span]], with_tokens: bool = False,
-               names: list[str] | None = None, max_batch_tokens: int | None = None) -> Encoded:
+    def encode(
+        self,
+        texts: list[str],
+        slot_spans: list[list[Span]],
+        with_tokens: bool = False,
+        names: list[str] | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> Encoded:
         """Slot features [B, S, 512]: the position-wise one-hot of each span's characters (zeros and
         empty for a None span). with_tokens: also every character's one-hot [B, L, 512] with its mask.
         names: per-example names used in errors. max_batch_tokens: accepted and unused."""
@@ -155,8 +167,10 @@ def _codes(piece: str, label: str, where: str) -> list[int]:
     codes = [ord(ch) for ch in piece]
     bad = next((i for i, c in enumerate(codes) if c >= ASCII), None)
     if bad is not None:
-        raise HybridReasonError(f"example {label} {where}: character {bad} ({piece[bad]!r}) is not ASCII; the "
-                                f"{NO_LLM!r} backbone reads ASCII symbols only")
+        raise HybridReasonError(
+            f"example {label} {where}: character {bad} ({piece[bad]!r}) is not ASCII; the "
+            f"{NO_LLM!r} backbone reads ASCII symbols only"
+        )
     return codes
 
 
@@ -171,8 +185,10 @@ def _slot_onehot(text: str, spans: Sequence[Span], label: str) -> tuple[Tensor, 
             continue
         piece = text[span[0] : span[1]]
         if len(piece) > SYMBOL_POSITIONS:
-            raise HybridReasonError(f"example {label} slot {j}: span {tuple(span)} ({piece!r}) has {len(piece)} "
-                                    f"characters; the {NO_LLM!r} backbone reads at most {SYMBOL_POSITIONS}")
+            raise HybridReasonError(
+                f"example {label} slot {j}: span {tuple(span)} ({piece!r}) has {len(piece)} "
+                f"characters; the {NO_LLM!r} backbone reads at most {SYMBOL_POSITIONS}"
+            )
         codes = _codes(piece, label, f"slot {j} (span {tuple(span)})")
         rows += [j] * len(codes)
         cols += [p * ASCII + c for p, c in enumerate(codes)]

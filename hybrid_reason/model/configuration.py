@@ -12,8 +12,14 @@ from .core import CoreConfig
 
 Loss = Literal["stablemax", "softmax"]
 # top-level integer fields and their least value
-_MINIMUMS = {"answer_vocab_size": 1, "num_slots": 1, "num_context_slots": 0, "num_puzzle_ids": 0,
-             "puzzle_prefix_len": 1, "halt_max_steps": 1}
+_MINIMUMS = {
+    "answer_vocab_size": 1,
+    "num_slots": 1,
+    "num_context_slots": 0,
+    "num_puzzle_ids": 0,
+    "puzzle_prefix_len": 1,
+    "halt_max_steps": 1,
+}
 
 
 def _as_dict(value: Any, name: str) -> dict | None:
@@ -89,7 +95,9 @@ class HybridReasonerConfig(PreTrainedConfig):
         if self.halt_loss_weight < 0:
             raise HybridReasonError(f"config.halt_loss_weight must be >= 0, got {self.halt_loss_weight}")
         if self.num_context_slots and self.num_puzzle_ids:
-            raise HybridReasonError("config: use either num_context_slots (in-context) or num_puzzle_ids (TRM's ID), not both")
+            raise HybridReasonError(
+                "config: use either num_context_slots (in-context) or num_puzzle_ids (TRM's ID), not both"
+            )
 
     @property
     def core_config(self) -> CoreConfig:

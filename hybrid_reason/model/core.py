@@ -55,8 +55,10 @@ class CoreConfig:
         if self.d_model % self.num_heads:
             raise HybridReasonError(f"core.d_model {self.d_model} is not divisible by core.num_heads {self.num_heads}")
         if self.mixer == "attention" and (self.d_model // self.num_heads) % 2:
-            raise HybridReasonError(f"core.d_model / core.num_heads = {self.d_model // self.num_heads} must be even "
-                                    "(RoPE rotates pairs of channels)")
+            raise HybridReasonError(
+                f"core.d_model / core.num_heads = {self.d_model // self.num_heads} must be even "
+                "(RoPE rotates pairs of channels)"
+            )
 
 
 class Carry(NamedTuple):

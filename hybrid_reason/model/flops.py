@@ -73,7 +73,9 @@ class BackboneShape:
         need = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
         missing = [k for k in need if getattr(config, k, None) is None]
         if missing:
-            raise HybridReasonError(f"backbone config {kind!r} lacks {', '.join(missing)}: not a Llama- or BERT-like model")
+            raise HybridReasonError(
+                f"backbone config {kind!r} lacks {', '.join(missing)}: not a Llama- or BERT-like model"
+            )
         d, heads, layers = int(config.hidden_size), int(config.num_attention_heads), int(config.num_hidden_layers)
         try:
             run = resolve_layer(hidden_layer, layers)
@@ -172,8 +174,15 @@ class CoreShape:
         """From a ``HybridReasonerConfig`` whose ``backbone_hidden_size`` is known."""
         if config.backbone_hidden_size is None:
             raise HybridReasonError("config.backbone_hidden_size is unknown: set it (the backbone's hidden size)")
-        return cls(config.core_config, config.num_slots, config.answer_vocab_size, config.backbone_hidden_size,
-                   config.num_context_slots, config.num_puzzle_ids, config.puzzle_prefix_len)
+        return cls(
+            config.core_config,
+            config.num_slots,
+            config.answer_vocab_size,
+            config.backbone_hidden_size,
+            config.num_context_slots,
+            config.num_puzzle_ids,
+            config.puzzle_prefix_len,
+        )
 
     @property
     def seq_len(self) -> int:
@@ -184,7 +193,7 @@ class CoreShape:
     @property
     def grad_calls(self) -> int:
         """Block calls with grad per supervision step: (n + 1) · L (all T · (n + 1) · L when unrolled)."""
-        return self.core.T ** self.core.unrolled * (self.core.n + 1) * self.core.num_layers
+        return self.core.T**self.core.unrolled * (self.core.n + 1) * self.core.num_layers
 
     @property
     def calls(self) -> int:
@@ -351,10 +360,15 @@ class TrainingRun:
     def flops(self) -> dict[str, float]:
         """FLOPs of the whole run: training refills (backbone: each example once), training steps
         (core: every slot, every step, forward + backward) and validation (forward only)."""
-        eval_tokens = int(padded_cost(self.evaluation, self.eval_batch, float, self.seed)) if self.core.num_context_slots else 0
+        eval_tokens = (
+            int(padded_cost(self.evaluation, self.eval_batch, float, self.seed)) if self.core.num_context_slots else 0
+        )
         val = self.val_runs * self.val_examples
         return {
-            "training: backbone": self.steps * self.gpus * self.batch / self.mean_steps
+            "training: backbone": self.steps
+            * self.gpus
+            * self.batch
+            / self.mean_steps
             * self.backbone_per_example(self.train, self.refill_batch)[1],
             "training: core": self.steps * self.gpus * self.batch * self.core.step_total(self.carry_tokens),
             "validation: backbone": val * self.backbone_per_example(self.evaluation, self.eval_batch)[1],

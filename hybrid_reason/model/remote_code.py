@@ -15,8 +15,17 @@ from pathlib import Path
 
 # the import closure of modeling.py and configuration.py, as paths below the package root
 CLOSURE = (
-    "errors", "utils/atomic_io", "backbone/encoded", "backbone/feature_cache", "backbone/loading",
-    "backbone/backbone", "backbone/symbols", "model/core", "model/losses", "model/configuration", "model/modeling",
+    "errors",
+    "utils/atomic_io",
+    "backbone/encoded",
+    "backbone/feature_cache",
+    "backbone/loading",
+    "backbone/backbone",
+    "backbone/symbols",
+    "model/core",
+    "model/losses",
+    "model/configuration",
+    "model/modeling",
     "model/remote_code",
 )
 AUTO_MAP = {"AutoConfig": "configuration.HybridReasonerConfig", "AutoModel": "modeling.HybridReasoner"}

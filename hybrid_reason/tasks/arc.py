@@ -173,7 +173,9 @@ class ArcTask(Task):
         loaded = super()._loaded(split, budget)
         if self.demo_slots and split not in self._demos_checked:
             columns = self._datasets[split].select_columns(["id", "task_id", "demonstrations"])[:]  # before skips
-            check_demo_rows(columns["id"], columns["task_id"], columns["demonstrations"], self.max_demos, self.demo_side)
+            check_demo_rows(
+                columns["id"], columns["task_id"], columns["demonstrations"], self.max_demos, self.demo_side
+            )
             self._demos_checked.add(split)
         return loaded
 
@@ -404,4 +406,3 @@ def _plain_rows(rows: Dataset) -> list[dict]:
     """The rows as plain dicts of the columns the prompt needs (converted at once: much faster than row by row)."""
     columns = rows.select_columns(["id", "task_id", "demonstrations", "test_input"])[:]
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
-

@@ -91,8 +91,9 @@ def demo_slot_count(max_demos: int, side: int) -> int:
     return 2 * max_demos * side * side
 
 
-def demo_spans(demos: list[Pair], shown: list[int], starts: tuple[tuple[int, int], ...], max_demos: int,
-               side: int) -> list[Span]:
+def demo_spans(
+    demos: list[Pair], shown: list[int], starts: tuple[tuple[int, int], ...], max_demos: int, side: int
+) -> list[Span]:
     """Demonstration slots -> span of the cell each reads. ``shown[n]`` is the index (among all the
     row's demonstrations) of the n-th demonstration in the prompt, ``starts[n]`` where its grids begin;
     demonstration k fills blocks 2k and 2k + 1, so a dropped one leaves its blocks empty."""
@@ -110,14 +111,18 @@ def demo_fit_problem(demos: list, max_demos: int, side: int) -> str | None:
     """Why a row's demonstrations (pairs of grids as nested lists or arrays) do not fit the
     demonstration slots, or None when they do."""
     if len(demos) > max_demos:
-        return (f"{len(demos)} demonstrations, more than max_demos {max_demos} (raise max_demos, or leave the task out "
-                "with task_ids)")
+        return (
+            f"{len(demos)} demonstrations, more than max_demos {max_demos} (raise max_demos, or leave the task out "
+            "with task_ids)"
+        )
     for k, pair in enumerate(demos):
         for which, grid in zip(("input", "output"), pair):
             h, w = len(grid), len(grid[0])
             if max(h, w) > side:
-                return (f"demonstration {k + 1} {which} is {h}x{w}, larger than demo_side {side} (raise demo_side, up "
-                        f"to {MAX_SIDE}, or leave out tasks with larger grids: arc1/arc2's max_grid_side)")
+                return (
+                    f"demonstration {k + 1} {which} is {h}x{w}, larger than demo_side {side} (raise demo_side, up "
+                    f"to {MAX_SIDE}, or leave out tasks with larger grids: arc1/arc2's max_grid_side)"
+                )
     return None
 
 
@@ -129,12 +134,16 @@ def check_demo_fit(task_id: str, row_id: str, demos: list, max_demos: int, side:
         raise HybridReasonError(f"ARC task {task_id!r} ({row_id}): demo_slots: {problem}{others}")
 
 
-def check_demo_rows(ids: list[str], task_ids: list[str], demonstrations: list[list[dict]], max_demos: int,
-                    side: int) -> None:
+def check_demo_rows(
+    ids: list[str], task_ids: list[str], demonstrations: list[list[dict]], max_demos: int, side: int
+) -> None:
     """``check_demo_fit`` over a split's rows (columns of ids, task ids and ``{input, output}`` lists):
     the error names the first row that does not fit and counts the others."""
-    bad = [k for k, demos in enumerate(demonstrations)
-           if demo_fit_problem([(d["input"], d["output"]) for d in demos], max_demos, side) is not None]
+    bad = [
+        k
+        for k, demos in enumerate(demonstrations)
+        if demo_fit_problem([(d["input"], d["output"]) for d in demos], max_demos, side) is not None
+    ]
     if bad:
         first = [(d["input"], d["output"]) for d in demonstrations[bad[0]]]
         check_demo_fit(task_ids[bad[0]], ids[bad[0]], first, max_demos, side, more=len(bad) - 1)

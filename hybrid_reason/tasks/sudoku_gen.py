@@ -9,8 +9,8 @@ solver meets while proving the solution unique, with its deterministic cell and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

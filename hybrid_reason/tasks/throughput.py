@@ -47,8 +47,10 @@ def main() -> None:
     print(f"Sudoku 9x9 render (augmented): {render_rate(sudoku, sudoku.load('train')):,.0f} puzzles/s")
     maze = MazeTask(size=30, num_train=200)
     print(f"Maze 30x30 render (augmented): {render_rate(maze, maze.load('train')):,.0f} puzzles/s")
-    print(f"Sudoku 9x9 hard generation ({HARD_GIVENS} givens, >= {HARD_BACKTRACKS} backtracks): "
-          f"{hard_sudoku_rate():,.1f} puzzles/s")
+    print(
+        f"Sudoku 9x9 hard generation ({HARD_GIVENS} givens, >= {HARD_BACKTRACKS} backtracks): "
+        f"{hard_sudoku_rate():,.1f} puzzles/s"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise HybridReasonError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut or random file is not one
-        raise HybridReasonError(f"checkpoint {path} is not a PyTorch checkpoint (empty, truncated or another kind of file)")
+        raise HybridReasonError(
+            f"checkpoint {path} is not a PyTorch checkpoint (empty, truncated or another kind of file)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except _UNREADABLE as err:
@@ -92,15 +94,20 @@ def check_export_target(out: str, checkpoint: str, overwrite: bool) -> None:
     if not target.exists() or not any(target.iterdir()):
         return  # a new or empty folder
     if not overwrite:
-        raise HybridReasonError(f"OUT {out} exists and is not empty: choose a new folder, or pass --overwrite "
-                                "to replace a model folder written by an earlier export")
+        raise HybridReasonError(
+            f"OUT {out} exists and is not empty: choose a new folder, or pass --overwrite "
+            "to replace a model folder written by an earlier export"
+        )
     final, ckpt = target.resolve(), Path(checkpoint).resolve()
     if final in ckpt.parents:
-        raise HybridReasonError(f"OUT {out} holds the checkpoint {checkpoint}: --overwrite would delete it, "
-                                "choose another folder")
+        raise HybridReasonError(
+            f"OUT {out} holds the checkpoint {checkpoint}: --overwrite would delete it, choose another folder"
+        )
     if not is_model_folder(target):
-        raise HybridReasonError(f"OUT {out} is not a model folder (no config.json of model_type hybrid_reason): "
-                                "--overwrite replaces only those; remove it yourself or choose another folder")
+        raise HybridReasonError(
+            f"OUT {out} is not a model folder (no config.json of model_type hybrid_reason): "
+            "--overwrite replaces only those; remove it yourself or choose another folder"
+        )
 
 
 def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str:
@@ -115,7 +122,9 @@ def export_checkpoint(checkpoint: str, out: str, overwrite: bool = False) -> str
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as err:  # HybridReasonError is a ValueError
         reason = str(err).strip().splitlines()[0]
-        raise HybridReasonError(f"checkpoint {checkpoint}: its weights do not fit its own model config ({reason})") from None
+        raise HybridReasonError(
+            f"checkpoint {checkpoint}: its weights do not fit its own model config ({reason})"
+        ) from None
     write_dir_atomically(Path(out), model.save_pretrained)  # a temporary sibling, renamed into place when complete
     return out
 
@@ -125,8 +134,11 @@ def export_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hybrid-reason export", description=export_checkpoint.__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by `hybrid-reason fit` (EMA weights are exported)")
     parser.add_argument("out", help="the folder to write (config.json + model.safetensors); must be new or empty")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUT if it is a model folder written before (never one that holds CKPT)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is a model folder written before (never one that holds CKPT)",
+    )
     args = parser.parse_args(argv)
     path = export_checkpoint(args.checkpoint, args.out, args.overwrite)
     print(f"hybrid-reason: exported {args.checkpoint} to {path} (AutoModel.from_pretrained({path!r}))")

@@ -79,8 +79,12 @@ class HybridReasonCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The task link, the EMA and checkpoint sections, and defaults for an endless training stream."""
-        parser.add_argument("--torch_threads", type=int | None, default=None,
-                            help="torch.set_num_threads before anything is built (null: torch's default)")
+        parser.add_argument(
+            "--torch_threads",
+            type=int | None,
+            default=None,
+            help="torch.set_num_threads before anything is built (null: torch's default)",
+        )
         parser.link_arguments("data.task", "model.task")
         # a model with TRM's puzzle-ID table needs its data to serve the IDs
         parser.link_arguments("model.num_puzzle_ids", "data.puzzle_ids", compute_fn=_serves_puzzle_ids)
@@ -167,7 +171,9 @@ class HybridReasonCLI(LightningCLI):
         out = os.path.join(trainer.log_dir or trainer.default_root_dir, EXPORT_FOLDER)
         if trainer.is_global_zero and not trainer.interrupted:
             write_dir_atomically(out, self.model.model.save_pretrained)
-            print(f"hybrid-reason: {fit_summary(trainer.global_step, time.perf_counter() - self._fit_start, trainer.callback_metrics)}")
+            print(
+                f"hybrid-reason: {fit_summary(trainer.global_step, time.perf_counter() - self._fit_start, trainer.callback_metrics)}"
+            )
             print(f"hybrid-reason: exported the EMA model to {out} (AutoModel.from_pretrained({out!r}))")
 
 
@@ -187,8 +193,10 @@ def checked_ckpt_path(config: Namespace) -> str | None:
         root = config["trainer"].get("default_root_dir") or "runs"
         ckpt = find_last_checkpoint(root, config["checkpoint"].get("dirpath"))
         if ckpt is None:
-            raise HybridReasonError(f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; "
-                                    "give a checkpoint's path, or leave --ckpt_path out")
+            raise HybridReasonError(
+                f"--ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; "
+                "give a checkpoint's path, or leave --ckpt_path out"
+            )
         print(f"hybrid-reason: --ckpt_path last is {ckpt}")
     if ckpt is not None and ckpt not in ("best", "hpc") and not str(ckpt).startswith("registry"):
         read_checkpoint(ckpt)

@@ -29,9 +29,7 @@ def _corpus(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     lines = []
     for _ in range(300):
-        rows = [
-            "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 9))) for _ in range(rng.randint(1, 5))
-        ]
+        rows = ["".join(rng.choice("0123456789") for _ in range(rng.randint(2, 9))) for _ in range(rng.randint(1, 5))]
         lines.append("\n".join(rows))
     words = "input output example test grid puzzle answer sort the list maze wall path start goal".split()
     for _ in range(200):
@@ -79,10 +77,17 @@ def tiny_tokenizer(vocab_size: int = 256, seed: int = 0) -> PreTrainedTokenizerF
 def _config(arch: str, vocab_size: int, hidden_size: int, num_layers: int, max_positions: int) -> PreTrainedConfig:
     """A small config of the given architecture."""
     heads = max(1, hidden_size // 8)
-    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                  num_attention_heads=heads, intermediate_size=2 * hidden_size, max_position_embeddings=max_positions)
-    ids = dict(pad_token_id=SPECIALS.index("<pad>"), bos_token_id=SPECIALS.index("<s>"),
-               eos_token_id=SPECIALS.index("</s>"))
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions,
+    )
+    ids = dict(
+        pad_token_id=SPECIALS.index("<pad>"), bos_token_id=SPECIALS.index("<s>"), eos_token_id=SPECIALS.index("</s>")
+    )
     if arch == "bert":
         return BertConfig(**common, pad_token_id=ids["pad_token_id"])
     kv = heads // 2 if heads % 2 == 0 else heads
@@ -138,10 +143,16 @@ def tiny_backbone(
 def qwen_shaped_config(size: str = "0.5b") -> Qwen2Config:
     """Qwen2.5-{0.5B,1.5B}'s real shape (for GPU memory/throughput runs with random weights)."""
     shapes = {
-        "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                     intermediate_size=4864),
-        "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                     intermediate_size=8960),
+        "0.5b": dict(
+            hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864
+        ),
+        "1.5b": dict(
+            hidden_size=1536,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            intermediate_size=8960,
+        ),
     }
     if size not in shapes:
         raise ValueError(f"unknown Qwen2.5 size {size!r}; choose one of {sorted(shapes)}")
