@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from datasets import Dataset, Features, Value
+from datasets import Features, Value
 
 from ..errors import HybridReasonError
 from . import maze_gen
-from .base import PromptBudget, Rendered, Task, bucket_of, code_version, split_rng
-from .csv_split import first_bad, load_csv_split
+from .base import PromptBudget, Rendered, bucket_of, code_version, split_rng
+from .csv_split import first_bad
 from .dihedral import NUM_DIHEDRAL, dihedral, inverse_dihedral
+from .grid_puzzle import GridPuzzleTask
 from .grid_text import cell_offsets, cells_text, last_grid
 from .maze_gen import generate_maze
 
@@ -59,7 +60,7 @@ class MazeAugmentation:
 
 
 @dataclass
-class MazeTask(Task):
+class MazeTask(GridPuzzleTask):
     """Maze as a task family.
 
     Options:
@@ -73,17 +74,12 @@ class MazeTask(Task):
     """
 
     name: ClassVar[str] = "maze"
+    features: ClassVar[Features] = MAZE_FEATURES
+    generator_version: ClassVar[str] = GENERATOR_VERSION
     size: int = 30
     min_path_length: int | None = None
     loop_fraction: float = 0.1
     unique_path: bool = True
-    num_train: int = 1000
-    num_validation: int = 100
-    num_test: int = 100
-    seed: int = 0
-    source: str = "generate"
-    limit: int | None = None
-    augment: bool = True
 
     def __post_init__(self) -> None:
         if self.size < 2:
@@ -96,36 +92,14 @@ class MazeTask(Task):
         """Wall, open, start, goal, path."""
         return list(TEXT_SYMBOLS)
 
-    @property
-    def num_slots(self) -> int:
-        """One slot per cell."""
-        return self.size * self.size
-
     # ---- data -----------------------------------------------------------------------------------
-    def _build(self, split: str) -> Dataset:
-        """Build one split."""
-        if self.source != "generate":
-            return load_csv_split(
-                self.source,
-                split,
-                self.limit,
-                family="maze",
-                size=self.size,
-                check=check_csv_row,
-                features=MAZE_FEATURES,
-            )
-        count = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
-        kwargs = dict(
-            size=self.size,
-            min_path_length=self.min_path_length,
-            loop_fraction=self.loop_fraction,
-            unique_path=self.unique_path,
-            count=count,
-            seed=self.seed,
-            split=split,
-            version=GENERATOR_VERSION,
-        )
-        return Dataset.from_generator(generate_rows, gen_kwargs=kwargs, features=MAZE_FEATURES)
+    def generator_options(self) -> dict:
+        """This family's options of ``generate_rows``."""
+        return {
+            "min_path_length": self.min_path_length,
+            "loop_fraction": self.loop_fraction,
+            "unique_path": self.unique_path,
+        }
 
     # ---- augmentation and rendering -------------------------------------------------------------
     def sample_augmentation(self, rng: np.random.Generator, train: bool) -> MazeAugmentation | None:
@@ -165,16 +139,6 @@ class MazeTask(Task):
         if aug:
             ids = dihedral(ids, inverse_dihedral(int(aug["dihedral"])))
         return "".join(CSV_SYMBOLS[v] for v in ids.reshape(-1).tolist())
-
-    def target(self, row: dict) -> str:
-        """The answer string (CSV form)."""
-        return row["answer"]
-
-    def cell_accuracy(self, answer: str, target: str) -> float:
-        """Fraction of cells right."""
-        if answer is None or len(answer) != len(target):
-            return 0.0
-        return sum(a == t for a, t in zip(answer, target)) / len(target)
 
     def answer_format(self, answer: str) -> str:
         """The solved maze as the prompt writes grids ('.' open, 'o' path, cells space-separated)."""
@@ -252,3 +216,7 @@ def check_csv_row(size: int, question: str, answer: str) -> tuple[str, str] | No
 def _shown(cells: str) -> str:
     """A CSV-form maze quoted for an error message, open cells as '.'."""
     return repr(cells.replace(" ", "."))
+
+
+MazeTask.check_row = staticmethod(check_csv_row)
+MazeTask.generate_rows = staticmethod(generate_rows)

@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
-from datasets import Dataset, Features, Value
+from datasets import Features, Value
 
 from ..errors import HybridReasonError
 from . import sudoku_gen
-from .base import PromptBudget, Rendered, Task, bucket_of, code_version, split_rng
-from .csv_split import first_bad, load_csv_split
+from .base import PromptBudget, Rendered, bucket_of, code_version, split_rng
+from .csv_split import first_bad
+from .grid_puzzle import GridPuzzleTask
 from .grid_text import cell_offsets, last_grid
 from .sudoku_gen import BOXES, SudokuSolver, generate_puzzle
 
@@ -71,7 +72,7 @@ class SudokuAugmentation:
 
 
 @dataclass
-class SudokuTask(Task):
+class SudokuTask(GridPuzzleTask):
     """Sudoku as a task family.
 
     Options:
@@ -85,16 +86,11 @@ class SudokuTask(Task):
     """
 
     name: ClassVar[str] = "sudoku"
+    features: ClassVar[Features] = SUDOKU_FEATURES
+    generator_version: ClassVar[str] = GENERATOR_VERSION
     size: int = 9
     givens: int | None = None
     min_backtracks: int = 0
-    num_train: int = 1000
-    num_validation: int = 100
-    num_test: int = 100
-    seed: int = 0
-    source: str = "generate"
-    limit: int | None = None
-    augment: bool = True
 
     def __post_init__(self) -> None:
         if self.size not in BOXES:
@@ -109,31 +105,10 @@ class SudokuTask(Task):
         """Digits "1".."n"."""
         return [str(d) for d in range(1, self.size + 1)]
 
-    @property
-    def num_slots(self) -> int:
-        """One slot per cell."""
-        return self.size * self.size
-
     # ---- data -----------------------------------------------------------------------------------
-    def _build(self, split: str) -> Dataset:
-        """Build one split."""
-        if self.source != "generate":
-            return load_csv_split(
-                self.source,
-                split,
-                self.limit,
-                family="sudoku",
-                size=self.size,
-                check=check_csv_row,
-                features=SUDOKU_FEATURES,
-            )
-        count = {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
-        kwargs = dict(
-            size=self.size, givens=self.givens, min_backtracks=self.min_backtracks, count=count, seed=self.seed
-        )
-        return Dataset.from_generator(
-            generate_rows, gen_kwargs=dict(kwargs, split=split, version=GENERATOR_VERSION), features=SUDOKU_FEATURES
-        )
+    def generator_options(self) -> dict:
+        """This family's options of ``generate_rows``."""
+        return {"givens": self.givens, "min_backtracks": self.min_backtracks}
 
     # ---- augmentation and rendering -------------------------------------------------------------
     def sample_augmentation(self, rng: np.random.Generator, train: bool) -> SudokuAugmentation | None:
@@ -175,16 +150,6 @@ class SudokuTask(Task):
         if meta.get("augmentation"):
             grid = SudokuAugmentation(**meta["augmentation"]).invert(grid)
         return "".join(map(str, grid.reshape(-1).tolist()))
-
-    def target(self, row: dict) -> str:
-        """The solution string."""
-        return row["answer"]
-
-    def cell_accuracy(self, answer: str, target: str) -> float:
-        """Fraction of cells right."""
-        if answer is None or len(answer) != len(target):
-            return 0.0
-        return sum(a == t for a, t in zip(answer, target)) / len(target)
 
     def answer_format(self, answer: str) -> str:
         """Rows of digits, as the prompt shows the grid."""
@@ -243,3 +208,7 @@ def check_csv_row(size: int, question: str, answer: str) -> tuple[str, str] | No
         if q != a and q not in ".0":
             return "answer", f"{answer!r} has {a!r} at cell {i} where the question gives {q!r}"
     return None
+
+
+SudokuTask.check_row = staticmethod(check_csv_row)
+SudokuTask.generate_rows = staticmethod(generate_rows)
