@@ -18,7 +18,6 @@ from test_training_common import CORE, TASK, make_data, make_module, make_traine
 
 from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.training.data import TaskDataModule
-from hybrid_reason.training.module import HybridReasonerModule
 
 ARC_SMALL = str(Path(__file__).parent / "fixtures" / "arc" / "small")
 
@@ -247,13 +246,6 @@ def test_task_mismatch_between_data_and_model_is_refused(backbone_path, tmp_path
     other.task_spec = dict(TASK, max_value=7)
     with pytest.raises(ValueError, match="differs from model.task"):
         make_trainer(str(tmp_path), max_steps=1).fit(module, other)
-
-
-def test_lora_training_is_refused_clearly(backbone_path):
-    from hybrid_reason.backbone import BackboneSpec
-
-    with pytest.raises(ValueError, match="model.backbone.lora_rank"):
-        HybridReasonerModule(task=TASK, backbone=BackboneSpec(name=backbone_path, lora_rank=4))
 
 
 def test_dataloader_workers_change_nothing_but_speed(backbone_path, tmp_path):

@@ -43,11 +43,14 @@ from .feature_cache import FeatureCache
 from .loading import (
     _UNLIMITED,
     BackboneSpec,
+    _truncate_config,
     add_lora,
     find_layers,
     load_model,
     load_tokenizer,
     materialize,
+    read_config,
+    resolve_layer,
     tokenizer_fingerprint,
     torch_dtype,
     weights_stamp,
@@ -71,8 +74,16 @@ class _StopForward(Exception):
 class Backbone(nn.Module):
     """A frozen (optionally LoRA-adapted) HF model cut at ``hidden_layer``; ``encode`` gives slot features."""
 
-    def __init__(self, model: nn.Module, tokenizer, spec: BackboneSpec, layer: int, num_layers: int,
-                 cache: FeatureCache | None = None, lora_path: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        spec: BackboneSpec,
+        layer: int,
+        num_layers: int,
+        cache: FeatureCache | None = None,
+        lora_path: str | None = None,
+    ):
         super().__init__()
         self.spec, self.tokenizer, self.layer, self.num_layers, self.cache = spec, tokenizer, layer, num_layers, cache
         self.config = model.config
@@ -98,8 +109,13 @@ class Backbone(nn.Module):
         self._warned_cpu_half = False
 
     @classmethod
-    def load(cls, spec: BackboneSpec | None = None, cache: FeatureCache | bool = True,
-             lora_path: str | None = None, device: str | torch.device | None = None) -> Backbone:
+    def load(
+        cls,
+        spec: BackboneSpec | None = None,
+        cache: FeatureCache | bool = True,
+        lora_path: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> Backbone:
         """Load a backbone from ``spec`` (default: smollm2-135m, last layer).
 
         cache: True = a fresh in-memory FeatureCache (1 GiB), False = none, or a FeatureCache to share
@@ -118,6 +134,21 @@ class Backbone(nn.Module):
         # compared by identity: an empty FeatureCache is falsy
         feature_cache = FeatureCache() if cache is True else None if cache is False else cache
         return cls(model, tokenizer, spec, layer, num_layers, feature_cache, lora_path)
+
+    @classmethod
+    def skeleton(cls, spec: BackboneSpec) -> Backbone:
+        """The backbone's structure on the meta device, LoRA adapters included, with no weight read:
+        what shape checks of a saved model need (its tokenizer and config are read, nothing else)."""
+        path = materialize(spec.name, spec.revision)
+        config = read_config(path, spec)
+        num_layers = config.num_hidden_layers
+        layer = resolve_layer(spec.hidden_layer, num_layers)
+        _truncate_config(config, max(layer, 1))
+        from transformers import AutoModel
+
+        with torch.device("meta"):
+            model = AutoModel.from_config(config, dtype=torch_dtype(spec.dtype))
+            return cls(model, load_tokenizer(path, spec.revision), spec, layer, num_layers)
 
     # ------------------------------------------------------------------ identity, device, mode
     @property
@@ -143,15 +174,18 @@ class Backbone(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The floating dtype the weights compute in (``dtype: auto`` resolved for the current device)."""
-        return next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        frozen = (p.dtype for p in self.model.parameters() if p.is_floating_point() and not p.requires_grad)
+        return next(frozen, torch.float32)
 
     @property
     def cache_identity(self) -> str:
         """Everything besides the text, spans and layer that determines the features (cache key prefix)."""
         s = self.spec
         dtype = str(self.dtype).removeprefix("torch.")
-        return (f"{s.name}@{s.revision}|{s.quantization}|{dtype}|tok={self.tokenizer_fingerprint}"
-                f"|weights={self._weights_stamp}")
+        return (
+            f"{s.name}@{s.revision}|{s.quantization}|{dtype}|tok={self.tokenizer_fingerprint}"
+            f"|weights={self._weights_stamp}"
+        )
 
     def to(self, *args, **kwargs) -> Backbone:
         """``nn.Module.to``; with ``dtype: auto`` (and no quantization) the weights also take the new
@@ -160,8 +194,16 @@ class Backbone(nn.Module):
         if device is not None and self.spec.dtype == "auto" and self.spec.quantization is None:
             want = torch_dtype("auto", device)
             if self.dtype != want:
-                self.model.to(want)
+                self._cast_frozen(want)
         return super().to(*args, **kwargs)
+
+    def _cast_frozen(self, dtype: torch.dtype) -> None:
+        """Cast the frozen weights and buffers to ``dtype`` in place; trainable LoRA weights keep their
+        dtype (float32: the optimizer and the EMA hold them, and peft casts around them)."""
+        trainable = {id(p) for p in self.lora_parameters()}
+        for t in (*self.model.parameters(), *self.model.buffers()):
+            if id(t) not in trainable and t.is_floating_point():
+                t.data = t.data.to(dtype)
 
     def train(self, mode: bool = True) -> Backbone:
         """Record ``mode`` but keep the network in eval mode: the backbone never trains dropout/norms."""
@@ -172,6 +214,29 @@ class Backbone(nn.Module):
     def lora_parameters(self) -> list[nn.Parameter]:
         """The trainable LoRA weights (empty without LoRA)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def lora_modules(self) -> dict[str, nn.ModuleDict]:
+        """The trainable adapter submodules, by the path of the layer they adapt (relative to the base
+        model, e.g. ``layers.0.self_attn.q_proj``): per layer, a ModuleDict of peft's non-empty adapter
+        containers (``lora_A``, ``lora_B``, ...). They are the very modules the forward uses, so a host
+        module that registers them trains, averages and saves what the backbone runs; they hold every
+        trainable weight of the backbone and no frozen one. Empty without LoRA."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if not self.has_lora:
+            return {}
+        out = {}
+        for name, module in self.model.get_base_model().named_modules():
+            if isinstance(module, BaseTunerLayer):
+                parts = {key: getattr(module, key) for key in module.adapter_layer_names}
+                out[name] = nn.ModuleDict({key: part for key, part in parts.items() if len(part)})
+        held = {id(p) for adapters in out.values() for p in adapters.parameters()}
+        if held != {id(p) for p in self.lora_parameters()}:
+            raise HybridReasonError(
+                f"backbone {self.spec.name!r}: its trainable weights are not exactly the LoRA "
+                "adapters' (peft modules_to_save or trainable tokens are not supported)"
+            )
+        return out
 
     def save_lora(self, path: str) -> None:
         """Save the LoRA adapter (peft format) to ``path``."""
@@ -212,12 +277,21 @@ class Backbone(nn.Module):
         if self._warned_cpu_half or self.device.type != "cpu" or self.dtype not in (torch.bfloat16, torch.float16):
             return
         self._warned_cpu_half = True
-        warnings.warn(f"backbone {self.spec.name!r} runs in {str(self.dtype).removeprefix('torch.')} on CPU, about 3x "
-                      "slower than float32 there: set backbone.dtype to auto or float32", stacklevel=3)
+        warnings.warn(
+            f"backbone {self.spec.name!r} runs in {str(self.dtype).removeprefix('torch.')} on CPU, about 3x "
+            "slower than float32 there: set backbone.dtype to auto or float32",
+            stacklevel=3,
+        )
 
     # ------------------------------------------------------------------ encode
-    def encode(self, texts: list[str], slot_spans: list[list[Span]], with_tokens: bool = False,
-               names: list[str] | None = None, max_batch_tokens: int | None = None) -> Encoded:
+    def encode(
+        self,
+        texts: list[str],
+        slot_spans: list[list[Span]],
+        with_tokens: bool = False,
+        names: list[str] | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> Encoded:
         """Slot features of a batch: each slot's mean hidden state over the tokens its span overlaps.
 
         texts: B prompts. slot_spans: per prompt, S (start, end) char spans or None (empty slot).
@@ -242,8 +316,9 @@ class Backbone(nn.Module):
                 first_miss.setdefault(keys[i], i)
         if first_miss:
             misses = list(first_miss.values())
-            fresh = self._run([texts[i] for i in misses], [slot_spans[i] for i in misses], with_tokens, names, misses,
-                              budget)
+            fresh = self._run(
+                [texts[i] for i in misses], [slot_spans[i] for i in misses], with_tokens, names, misses, budget
+            )
             ran = {keys[i]: fresh.select([j]).trimmed() for j, i in enumerate(misses)}
             for key, row in ran.items():
                 self.cache.put(key, _entry(row))
@@ -258,11 +333,19 @@ class Backbone(nn.Module):
         if not with_tokens:
             return Encoded(entry["features"][None], entry["empty"][None])
         tokens = entry["tokens"][None]
-        return Encoded(entry["features"][None], entry["empty"][None], tokens,
-                       torch.ones(tokens.shape[:2], dtype=torch.bool))
+        return Encoded(
+            entry["features"][None], entry["empty"][None], tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
+        )
 
-    def _run(self, texts: list[str], slot_spans: list[list[Span]], with_tokens: bool,
-             names: list[str] | None, indices: Sequence[int], budget: int | None = None) -> Encoded:
+    def _run(
+        self,
+        texts: list[str],
+        slot_spans: list[list[Span]],
+        with_tokens: bool,
+        names: list[str] | None,
+        indices: Sequence[int],
+        budget: int | None = None,
+    ) -> Encoded:
         """Tokenize, run the truncated model on length-sorted micro-batches and pool slot features
         (rows come back in the order given)."""
         labels = [label_of(names, i) for i in indices]
@@ -270,13 +353,18 @@ class Backbone(nn.Module):
         lengths = [len(ids) for ids in batch["input_ids"]]
         for n, label in zip(lengths, labels):
             if self.context_length is not None and n > self.context_length:
-                raise HybridReasonError(f"example {label} has {n} tokens, more than {self.spec.name}'s context "
-                                        f"of {self.context_length}")
-        ranges = [slot_token_ranges(np.asarray(off, dtype=np.int64).reshape(-1, 2), spans, label, text)
-                  for off, spans, label, text in zip(batch["offset_mapping"], slot_spans, labels, texts)]
+                raise HybridReasonError(
+                    f"example {label} has {n} tokens, more than {self.spec.name}'s context of {self.context_length}"
+                )
+        ranges = [
+            slot_token_ranges(np.asarray(off, dtype=np.int64).reshape(-1, 2), spans, label, text)
+            for off, spans, label, text in zip(batch["offset_mapping"], slot_spans, labels, texts)
+        ]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: memory peaks at once
-        parts = [self._forward_rows(batch, lengths, ranges, rows, with_tokens)
-                 for rows in micro_batches([lengths[i] for i in order], budget, order)]
+        parts = [
+            self._forward_rows(batch, lengths, ranges, rows, with_tokens)
+            for rows in micro_batches([lengths[i] for i in order], budget, order)
+        ]
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.as_tensor(order)] = torch.arange(len(order))
         return parts[0] if len(parts) == 1 and order == sorted(order) else Encoded.cat(parts).select(inverse)
@@ -289,7 +377,9 @@ class Backbone(nn.Module):
         self.real_tokens += sum(sub_lengths)
         self.padded_tokens += len(rows) * max(sub_lengths)
         states = self.hidden_states(input_ids, mask)
-        first, last, empty = (torch.as_tensor(np.stack(x), device=states.device) for x in zip(*[ranges[i] for i in rows]))
+        first, last, empty = (
+            torch.as_tensor(np.stack(x), device=states.device) for x in zip(*[ranges[i] for i in rows])
+        )
         features = pool_spans(states, valid.to(states.device), first, last, empty)
         if not with_tokens:
             return Encoded(features, empty)
@@ -311,8 +401,11 @@ class Backbone(nn.Module):
 
     def _context_length(self) -> int | None:
         """The real prompt limit: max_position_embeddings, a real tokenizer limit, spec.max_length."""
-        limits = [getattr(self.config, "max_position_embeddings", None), self.tokenizer.model_max_length,
-                  self.spec.max_length]
+        limits = [
+            getattr(self.config, "max_position_embeddings", None),
+            self.tokenizer.model_max_length,
+            self.spec.max_length,
+        ]
         limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < _UNLIMITED]
         return min(limits) if limits else None
 
@@ -338,4 +431,3 @@ def _entry(row: Encoded) -> dict[str, Tensor]:
     if row.tokens is not None:
         entry["tokens"] = row.tokens[0]
     return entry
-

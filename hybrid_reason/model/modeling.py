@@ -4,6 +4,13 @@ The frozen backbone is *not* a submodule: its weights are never saved, trained, 
 switched to train mode. The model keeps a pointer to it in ``config.backbone`` and loads it on
 first use (``model.backbone``), so ``from_pretrained`` rebuilds it from the pointer. Only the
 trainable parts (adapter, resampler or puzzle-ID table, core, heads) live in the state dict.
+
+Joint LoRA (``config.backbone["lora_rank"] > 0``): the backbone is built at once, and its peft LoRA
+adapters (never its frozen weights) are registered as ``backbone_lora``, a tree of ModuleDicts that
+mirrors the adapted layers' paths (``backbone_lora.layers.0.self_attn.q_proj.lora_A.default.weight``).
+They are the same module objects the backbone's forward runs, so the optimizer, DDP, an EMA and the
+state dict see exactly the adapter. ``save_pretrained`` also writes them in peft format to
+``backbone_lora/``; ``from_pretrained`` reads them from the state dict.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +27,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..backbone.backbone import Backbone
-from ..errors import HybridReasonError
 from ..backbone.encoded import Encoded
+from ..errors import HybridReasonError
 from .configuration import HybridReasonerConfig
 from .core import Carry, RecursiveCore, init_module_, rms_norm, trunc_normal_
 from .losses import deep_supervision_loss
@@ -118,10 +125,11 @@ class HybridReasoner(PreTrainedModel):
     def __init__(self, config: HybridReasonerConfig, backbone_model: Backbone | None = None):
         super().__init__(config)
         self.__dict__["_backbone"] = None  # kept out of the module tree on purpose
+        joint_lora = config.backbone_spec.lora_rank > 0
         if backbone_model is not None:  # (not `backbone=`: from_pretrained would read it as config.backbone)
             self.attach_backbone(backbone_model)
-        elif config.backbone_hidden_size is None:
-            self.attach_backbone(Backbone.load(config.backbone_spec))
+        elif config.backbone_hidden_size is None or joint_lora:  # joint LoRA: its adapters must exist now
+            self.attach_backbone(_build_backbone(config.backbone_spec))
         core_cfg = config.core_config
         d, d_llm = core_cfg.d_model, config.backbone_hidden_size
         self.adapter = Adapter(d_llm, d, config.num_slots, core_cfg.norm_eps)
@@ -132,11 +140,17 @@ class HybridReasoner(PreTrainedModel):
         self.core = RecursiveCore(core_cfg, config.seq_len)
         self.answer_head = nn.Linear(d, config.answer_vocab_size, bias=False)
         self.halt_head = nn.Linear(d, 1)
+        self.backbone_lora = _lora_tree(self._backbone) if joint_lora else None  # last: older orders unchanged
+        if self.backbone_lora is not None:
+            self.backbone_lora.train(self.training)  # (the backbone set them to eval; no dropout: mode is moot)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """TRM's initialisation: truncated LeCun Linear layers, halt head 0 / -5, zero ID table."""
+        """TRM's initialisation: truncated LeCun Linear layers, halt head 0 / -5, zero ID table; the
+        backbone's LoRA adapters keep peft's initialisation (B = 0: the adapted backbone starts as the base)."""
+        if self.backbone_lora is not None and any(module is m for m in self.backbone_lora.modules()):
+            return
         if module is self.halt_head:
             for p, value in ((module.weight, 0.0), (module.bias, -5.0)):
                 if not getattr(p, "_is_hf_initialized", False):
@@ -163,8 +177,14 @@ class HybridReasoner(PreTrainedModel):
         return self._backbone
 
     def attach_backbone(self, backbone: Backbone) -> None:
-        """Use ``backbone``; record its shape, or check it matches the one this model was trained on."""
+        """Use ``backbone``; record its shape, or check it matches the one this model was trained on.
+        A model whose LoRA adapters are in its module tree (joint LoRA) keeps the backbone they adapt."""
         cfg = self.config
+        if getattr(self, "backbone_lora", None) is not None and backbone is not self._backbone:
+            raise HybridReasonError(
+                f"this model trains LoRA on its backbone (backbone.lora_rank {cfg.backbone_spec.lora_rank}): its "
+                f"adapters live in the model, so its backbone cannot be replaced by {backbone.identity.name!r}"
+            )
         if cfg.backbone_hidden_size not in (None, backbone.hidden_size):
             raise HybridReasonError(
                 f"backbone {backbone.identity!r} has hidden size {backbone.hidden_size}, but this model was "
@@ -201,11 +221,20 @@ class HybridReasoner(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """``PreTrainedModel.from_pretrained`` (``AutoModel`` comes here too); a local folder is checked
         first (``check_saved_model``): a damaged weights file, or a config whose sizes disagree with the
-        weights, is a one-line ``HybridReasonError`` naming the folder and the tensor."""
+        weights, is a one-line ``HybridReasonError`` naming the folder and the tensor. With joint LoRA the
+        backbone is loaded first and passed on as ``backbone_model`` (the model is built on the meta device)."""
         folder = os.fspath(pretrained_model_name_or_path)
+        config = kwargs.get("config")
+        config = config if isinstance(config, HybridReasonerConfig) else None
         if os.path.isdir(folder) and not kwargs.get("subfolder") and not kwargs.get("ignore_mismatched_sizes"):
-            config = kwargs.get("config")
-            check_saved_model(folder, config if isinstance(config, HybridReasonerConfig) else None)
+            config = check_saved_model(folder, config)
+        if kwargs.get("backbone_model") is None:  # joint LoRA: the backbone must be real before the weights load
+            hub = {
+                k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "local_files_only", "token") if k in kwargs
+            }
+            config = config or cls.config_class.from_pretrained(folder, **hub)
+            if config.backbone_spec.lora_rank > 0:  # (from_pretrained builds the model on the meta device)
+                kwargs["backbone_model"] = _build_backbone(config.backbone_spec, real=True)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # ---------------------------------------------------------------- forward
@@ -283,6 +312,39 @@ class HybridReasoner(PreTrainedModel):
             yield out
 
 
+# ------------------------------------------------------------------------- joint LoRA
+def _build_backbone(spec, real: bool = False) -> Backbone:
+    """The backbone of ``spec``: loaded (uncached with LoRA, whose features change as it trains), or,
+    with LoRA on the meta device (shape checks, ``from_pretrained``'s empty model), unless ``real``,
+    its weightless skeleton."""
+    if spec.lora_rank > 0 and not real and torch.get_default_device().type == "meta":
+        return Backbone.skeleton(spec)
+    return Backbone.load(spec, cache=spec.lora_rank == 0)
+
+
+def _lora_tree(backbone: Backbone) -> nn.ModuleDict:
+    """The backbone's LoRA adapters as nested ModuleDicts along their layers' paths (the same module
+    objects its forward runs: registering them puts exactly the adapter in the module tree)."""
+    layer = backbone.layer
+    if layer == 0:
+        raise HybridReasonError(
+            "backbone.lora_rank > 0 needs backbone.hidden_layer >= 1: at layer 0 (the embeddings) no adapted layer runs"
+        )
+    adapters = backbone.lora_modules()
+    if not adapters:
+        raise HybridReasonError(f"backbone {backbone.identity.name!r} has no LoRA adapters (backbone.lora_targets)")
+    root = nn.ModuleDict()
+    for path, modules in adapters.items():
+        *parents, leaf = path.split(".")
+        node = root
+        for part in parents:
+            if part not in node:
+                node[part] = nn.ModuleDict()
+            node = node[part]
+        node[leaf] = modules
+    return root
+
+
 # ------------------------------------------------------------------------- checking a saved folder
 WEIGHTS_FILE = "model.safetensors"
 
@@ -295,7 +357,9 @@ def check_saved_model(folder: str | os.PathLike, config: HybridReasonerConfig | 
     folder = os.fspath(folder)
     config = config or read_saved_config(folder)
     if config.backbone_hidden_size is None:
-        raise HybridReasonError(f"{folder}: config.json has no backbone_hidden_size, so it was not saved by HybridReasoner")
+        raise HybridReasonError(
+            f"{folder}: config.json has no backbone_hidden_size, so it was not saved by HybridReasoner"
+        )
     saved = _saved_shapes(folder)
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         expected = {k: tuple(v.shape) for k, v in HybridReasoner(config).state_dict().items()}
@@ -303,11 +367,15 @@ def check_saved_model(folder: str | os.PathLike, config: HybridReasonerConfig | 
         if name not in saved:
             raise HybridReasonError(f"{folder}: {WEIGHTS_FILE} lacks tensor {name} (shape {list(shape)})")
         if saved[name] != shape:
-            raise HybridReasonError(f"{folder}: tensor {name} has shape {list(saved[name])} in {WEIGHTS_FILE}, "
-                                    f"but config.json implies {list(shape)}")
+            raise HybridReasonError(
+                f"{folder}: tensor {name} has shape {list(saved[name])} in {WEIGHTS_FILE}, "
+                f"but config.json implies {list(shape)}"
+            )
     extra = sorted(set(saved) - set(expected))
     if extra:
-        raise HybridReasonError(f"{folder}: {WEIGHTS_FILE} has tensor {extra[0]}, which config.json's model does not have")
+        raise HybridReasonError(
+            f"{folder}: {WEIGHTS_FILE} has tensor {extra[0]}, which config.json's model does not have"
+        )
     return config
 
 

@@ -107,10 +107,6 @@ class HybridReasonerModule(pl.LightningModule):
         self.save_hyperparameters(ignore=list(objects))  # then their plain form: checkpoints stay weights_only
         self.save_hyperparameters(plain(objects))
         backbone, core = as_dataclass(BackboneSpec, backbone, "backbone"), as_dataclass(CoreConfig, core, "core")
-        if backbone.lora_rank > 0:
-            raise ValueError(
-                "model.backbone.lora_rank: training LoRA on the backbone is not supported by the trainer yet"
-            )
         if halt_max_steps < 1:
             raise ValueError(f"model.halt_max_steps must be >= 1, got {halt_max_steps}")
         self.task = task_from_spec(task)
@@ -130,6 +126,7 @@ class HybridReasonerModule(pl.LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.puzzle_lr, self.puzzle_weight_decay = puzzle_lr, puzzle_weight_decay
         self.carry: SlotCarry | None = None
+        self.prompts: list | None = None  # joint LoRA: each slot's (text, spans), encoded again at every step
         self._pending_carry: dict | None = None
         self.counters = new_counters()
         self.window = WindowMetrics()
@@ -266,6 +263,9 @@ class HybridReasonerModule(pl.LightningModule):
         rows = list(range(B)) if self.carry is None else self.carry.halted.nonzero().flatten().tolist()
         if not rows:
             return
+        if self.model.backbone_lora is not None:
+            kept, new = self.prompts or [None] * B, set(rows)
+            self.prompts = [(batch.texts[i], batch.slot_spans[i]) if i in new else kept[i] for i in range(B)]
         encoded = self.encode(batch, rows)
         dropped = batch.dropped[rows]
         self.counters["admitted"] += len(rows)
@@ -296,11 +296,25 @@ class HybridReasonerModule(pl.LightningModule):
         self.refill(batch)
         c = self.carry
         puzzle_ids = c.puzzle_ids if self.num_puzzle_ids else None
-        out = self.model(encoded=c.encoded, labels=c.labels, carry=Carry(c.y, c.z), puzzle_ids=puzzle_ids)
+        encoded = c.encoded if self.model.backbone_lora is None else self.encode_live_slots(batch)
+        out = self.model(encoded=encoded, labels=c.labels, carry=Carry(c.y, c.z), puzzle_ids=puzzle_ids)
         self.check_finite(out.loss, out.logits, out.halt_logits)
         self.advance(out)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=len(c.ids), sync_dist=True)
         return out.loss
+
+    def encode_live_slots(self, batch: Batch) -> Encoded:
+        """Joint LoRA: the features depend on the weights being trained, so every slot runs through the
+        backbone under grad at every step (refilled slots just did); the carry keeps them detached."""
+        c, rows = self.carry, self.carry.steps.nonzero().flatten().tolist()
+        encoded = c.encoded
+        if rows:
+            prompts = batch._replace(
+                texts=[p[0] for p in self.prompts], slot_spans=[p[1] for p in self.prompts], ids=c.ids
+            )
+            encoded = encoded.replace(rows, self.encode(prompts, rows))
+        c.encoded = Encoded(*(t if t is None else t.detach() for t in vars(encoded).values()))
+        return encoded
 
     def check_finite(self, loss: Tensor, logits: Tensor, halt_logits: Tensor) -> None:
         """Stop on a NaN/inf loss (on every rank), naming the global step and the examples."""
@@ -365,6 +379,8 @@ class HybridReasonerModule(pl.LightningModule):
         """Add the HF config (for export) and, from every rank, the counters and the carry."""
         checkpoint["hybrid_reasoner_config"] = plain(self.model.config.to_dict())
         carry = self.carry.state() if self.save_carry and self.carry is not None else None
+        if carry is not None and self.prompts is not None:
+            carry["prompts"] = self.prompts
         ranks = gather_to_rank_zero((dict(self.counters), carry))
         world = self.trainer.world_size
         checkpoint["training_counters"] = {"world_size": world, "ranks": [counters for counters, _ in ranks]}
@@ -387,3 +403,4 @@ class HybridReasonerModule(pl.LightningModule):
             )
             return
         self.carry = SlotCarry.from_state(saved["ranks"][self.global_rank], self.device)
+        self.prompts = saved["ranks"][self.global_rank].get("prompts")
