@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..backbone.encoded import Encoded
 from ..backbone.loading import BackboneSpec
 from ..errors import HybridReasonError
-from ..model.configuration import HybridReasonerConfig
+from ..model.configuration import HybridReasonerConfig, Loss
 from ..model.core import Carry, CoreConfig
 from ..model.losses import IGNORE
 from ..model.modeling import HybridReasoner
@@ -57,6 +57,11 @@ from .sign_sgd import schedule_factor, sparse_sign_sgd_
 __all__ = ["HybridReasonerModule", "check_pretrained", "exploration_min_steps"]
 
 DEFAULT_BACKBONE, DEFAULT_CORE = BackboneSpec(), CoreConfig()  # the defaults (read-only) of the module's sections
+
+
+# The model's settings are declared (types, defaults, checks) once, in HybridReasonerConfig; the module's
+# flat recipe keys (model.halt_max_steps, ...) take their defaults from there and HybridReasonerConfig checks them.
+_CONFIG = HybridReasonerConfig
 
 
 # ------------------------------------------------------------------------------ the module
@@ -86,13 +91,13 @@ class HybridReasonerModule(pl.LightningModule):
         task: dict[str, Any],
         backbone: BackboneSpec = DEFAULT_BACKBONE,
         core: CoreConfig = DEFAULT_CORE,
-        num_context_slots: int = 0,
-        num_puzzle_ids: int = 0,
-        puzzle_prefix_len: int = 16,
-        halt_max_steps: int = 16,
-        halt_exploration_prob: float = 0.1,
-        loss: Literal["stablemax", "softmax"] = "stablemax",
-        halt_loss_weight: float = 0.5,
+        num_context_slots: int = _CONFIG.num_context_slots,
+        num_puzzle_ids: int = _CONFIG.num_puzzle_ids,
+        puzzle_prefix_len: int = _CONFIG.puzzle_prefix_len,
+        halt_max_steps: int = _CONFIG.halt_max_steps,
+        halt_exploration_prob: float = _CONFIG.halt_exploration_prob,
+        loss: Loss = _CONFIG.loss,
+        halt_loss_weight: float = _CONFIG.halt_loss_weight,
         eval_steps: int | None = None,
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: LRSchedulerCallable | None = WarmupSchedule,
@@ -107,8 +112,6 @@ class HybridReasonerModule(pl.LightningModule):
         self.save_hyperparameters(ignore=list(objects))  # then their plain form: checkpoints stay weights_only
         self.save_hyperparameters(plain(objects))
         backbone, core = as_dataclass(BackboneSpec, backbone, "backbone"), as_dataclass(CoreConfig, core, "core")
-        if halt_max_steps < 1:
-            raise ValueError(f"model.halt_max_steps must be >= 1, got {halt_max_steps}")
         self.task = task_from_spec(task)
         config = HybridReasonerConfig(
             backbone=asdict(backbone), core=asdict(core), task=dict(task),
