@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "baseline": (
         "hybrid_reason.evaluation.commands",
         "baseline_main",
-        "run a chain-of-thought or direct-answer LLM baseline",
+        "run an LLM baseline: chain of thought, direct answer, or sft (fine-tuned with LoRA)",
     ),
     "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core and the backbone"),
     "plan": ("hybrid_reason.plan", "main", "estimate a recipe's FLOPs, GPU time and memory (loads no weights)"),

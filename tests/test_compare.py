@@ -140,7 +140,10 @@ def test_committed_suites_are_valid():
     for path in paths:
         suite = C.load_suite(path)
         kinds = {s.kind for s in suite.systems}
-        assert kinds == {"hybrid", "fixed-depth", "cot", "direct"}, path
+        assert kinds >= {"hybrid", "fixed-depth", "cot", "direct"}, path
+    cpu = C.load_suite(os.path.join(ROOT, "eval", "suites", "cpu_demo.yaml"))
+    assert {s.kind for s in cpu.systems} >= {"hybrid", "fixed-depth", "deep", "sft", "cot", "direct"}
+    assert cpu.seeds == [0, 1, 2] and all(s.recipe == "recipes/demo_cpu.yaml" for s in cpu.systems[:3])
 
 
 # ------------------------------------------------------------------------------ running a suite
@@ -291,22 +294,29 @@ def tiny_recipe(path, backbone: str) -> str:
     return str(path)
 
 
-def test_recipe_and_sft_systems_train_once_per_seed_and_recipe_runs_are_cached(models, tmp_path):
+def test_recipe_and_sft_systems_train_once_per_seed_and_recipe_runs_are_cached(models, tmp_path, capsys):
     from safetensors.torch import load_file
 
     recipe = tiny_recipe(tmp_path / "tiny_recipe.yaml", models["backbone"])
     data = {
-        "name": "seeded", "limit": 4, "threads": 1, "seeds": [0, 1], "runs": str(tmp_path / "runs"),
+        "name": "seeded", "limit": 4, "threads": 1, "seeds": [0, 1], "runs": str(tmp_path / "runs"), "task": SORT,
         "systems": [
             {"name": "hybrid", "recipe": recipe, "overrides": ["--model.core.n 3"]},
             {"name": "given", "model": models["hybrid"]},
-            {"name": "ft", "kind": "sft", "max_steps": 2, "lora_rank": 2, "train_limit": 8, "max_new_tokens": 4,
-             "limit": 2, "chat_template": TEMPLATE},
+            {"name": "ft", "kind": "sft", "model": models["backbone"], "max_steps": 2, "lora_rank": 2,
+             "train_limit": 8, "max_new_tokens": 4, "limit": 2, "chat_template": TEMPLATE},
         ],
     }  # fmt: skip
     suite, out = write_suite(tmp_path / "seeded.yaml", data), tmp_path / "results"
     reports = compare_main(["--suite", suite, "--out", str(out), "--progress", "false"])
     assert [(r.name, r.seed) for r in reports] == [("hybrid", 0), ("hybrid", 1), ("given", None), ("ft", 0), ("ft", 1)]
+    log = capsys.readouterr().err
+    # the systems that need no training ran first, holding the one process slot (jobs: 1): then the training
+    assert (
+        log.index("running ft (sft, seed 1)")
+        < log.index("system 'hybrid' seed 0: training")
+        < log.index("running hybrid")
+    )
     runs = sorted((tmp_path / "runs").glob("tiny_recipe-*/seed_*"))
     assert [p.name for p in runs] == ["seed_0", "seed_1"] and runs[0].parent == runs[1].parent
     for seed, run in enumerate(runs):
@@ -330,7 +340,7 @@ def test_recipe_and_sft_systems_train_once_per_seed_and_recipe_runs_are_cached(m
     assert "## Training" in report and "| hybrid | hybrid | 0, 1 | 4 |" in report and "| 0 of 2 |" in report
     assert "| ft | sft | 0, 1 | 2 | 16 |" in report
     assert "## Per seed" in report and "| system | seed 0 | seed 1 |" in report
-    assert "0 of the 2 recipe runs were found" in report
+    assert "2 recipe runs, 0 of them found in" in report and "Fine-tuning the LLM took" in report
     assert sorted(os.listdir(out / "systems" / "hybrid")) == ["seed_0", "seed_1"]
     assert "adapter" in os.listdir(out / "systems" / "ft" / "seed_1") and os.path.isfile(
         out / "systems/given/summary.md"
@@ -344,5 +354,30 @@ def test_recipe_and_sft_systems_train_once_per_seed_and_recipe_runs_are_cached(m
     again = compare_main(["--suite", suite, "--out", str(tmp_path / "again"), "--progress", "false"])
     assert [r.training["cached"] for r in again[:2]] == [True, True]  # found, not trained again
     assert [r.metrics for r in again[:3]] == [r.metrics for r in reports[:3]]
-    assert "2 of the 2 recipe runs were found" in (tmp_path / "again" / "report.md").read_text()
+    assert "2 recipe runs, 2 of them found in" in (tmp_path / "again" / "report.md").read_text()
     assert sorted(p.name for p in runs[0].iterdir()) == ["fit.log", "model", "training.json", "version_0"]
+
+
+def test_a_last_checkpoint_before_the_last_step_is_refused(tmp_path):
+    from hybrid_reason.evaluation.runs import check_final
+
+    version = tmp_path / "version_0"
+    (version / "checkpoints").mkdir(parents=True)
+    (version / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 400}}))
+    ckpt = version / "checkpoints" / "last.ckpt"
+    with pytest.raises(
+        HybridReasonError, match=r"'x' seed 0: .*last.ckpt is from step 300 but training ran to step 400"
+    ):
+        check_final(ckpt, 300, "system 'x' seed 0")
+    check_final(ckpt, 400, "system 'x' seed 0")  # the last step: fine
+
+
+def test_overrides_the_suite_sets_itself_are_refused(models, tmp_path):
+    data = tiny_suite(models)
+    recipe = tiny_recipe(tmp_path / "r.yaml", models["backbone"])
+    data["systems"] = [{"name": "h", "recipe": recipe, "overrides": ["--seed_everything=3"]}]
+    with pytest.raises(HybridReasonError, match=r"system 'h' seed 0: --seed_everything is set by the suite"):
+        compare_main(["--suite", write_suite(tmp_path / "s.yaml", data), "--out", str(tmp_path / "o")])
+    data["systems"] = [{"name": "h", "recipe": str(tmp_path / "none.yaml")}]
+    with pytest.raises(HybridReasonError, match=r"system 'h' seed 0: recipe .*none.yaml': no such file"):
+        compare_main(["--suite", write_suite(tmp_path / "s.yaml", data), "--out", str(tmp_path / "o")])

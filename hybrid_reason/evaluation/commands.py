@@ -7,6 +7,7 @@ also takes ``--config FILE`` (a YAML of its flags) and ``--print_config``.
 
     hybrid-reason evaluate --model DIR [--task arc1] [--option.KEY VALUE] [--split eval] [--augmentations 8]
     hybrid-reason baseline cot|direct|fixed-depth [--model LM] [--task sort] [--max_new_tokens 512]
+    hybrid-reason baseline sft [--model LM] [--task sort] [--max_steps 100] [--lora_rank 8] [--quantization nf4]
     hybrid-reason compare --suite eval/suites/NAME.yaml [--out DIR]
 """
 
@@ -30,14 +31,19 @@ from .puzzles import load_rows, resolve_split, task_spec
 from .report import (
     BASELINE_FILES,
     EVALUATION_FILES,
+    SFT_FILES,
     check_result_folder,
-    report_table,
+    sft_summary,
     summary_markdown,
     write_baseline,
     write_evaluation,
+    write_sft,
 )
 from .runtime import default_device, quiet_transformers, torch_threads
-from .suite import SystemReport, common_scores, load_suite, run_suite, with_threads
+from .sft import SFTResult, SFTSettings, run_sft
+from .suite import load_suite, with_threads
+from .suite_report import report_table
+from .systems import SystemReport, common_scores, run_suite
 
 Split = Literal["train", "validation", "test", "eval", "evaluation"]
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -130,8 +136,9 @@ def baseline(
 ) -> BaselineResult | Evaluation:
     """Run an LLM baseline on a task, or evaluate a fixed-depth model.
 
-    Chain of thought or direct answer with HF generate; fixed-depth is a checked ``evaluate``. Writes
-    the result folder whole and prints the scores.
+    Chain of thought or direct answer with HF generate; fixed-depth is a checked ``evaluate``; the
+    LLM fine-tuned with LoRA is ``hybrid-reason baseline sft`` (its own flags: ``baseline sft --help``).
+    Writes the result folder whole and prints the scores.
 
     Args:
         kind: cot, direct, or fixed-depth (evaluate a model checked to have T = n = N_sup = 1)
@@ -183,6 +190,56 @@ def baseline(
     return result
 
 
+def sft(
+    model: str = "smollm2-135m",
+    task: str | None = None,
+    option: dict[str, Any] | None = None,
+    split: Split = "test",
+    limit: PositiveInt | None = None,
+    training: SFTSettings | None = None,
+    generation: GenerationSettings | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: Dtype = "float32",
+    threads: PositiveInt | None = None,
+    out: str | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> SFTResult:
+    """Fine-tune an LLM with LoRA on a task's training split and score its direct answers.
+
+    The same LLM trained (Lightning, peft LoRA) to write the answer the direct baseline asks for, after
+    the same prompt, with the loss on the answer tokens only; then answered greedily and scored with
+    the direct baseline's parser. Writes the result folder whole (with the adapter) and prints the scores.
+
+    Args:
+        model: LM: hub id, folder, .gguf or alias; a HybridReasoner folder means its backbone and its task
+        task: task name (default: the hybrid model's task, else sort)
+        option: task options: --option.KEY VALUE (repeatable) or --option '{KEY: VALUE}'
+        split: the split scored: train, validation or test; eval = test (training reads train)
+        limit: only the first N puzzles scored (ARC: tasks)
+        seed: seeds the adapters, the order of the training examples and sampling
+        device: cpu or cuda (default: cuda when visible)
+        dtype: the LM's weights: float32 on CPU, bfloat16 on GPU
+        threads: torch CPU threads (default: torch's)
+        out: the result folder, replaced whole (default: eval/results/baseline-sft-TASK)
+        progress: show progress bars
+    """
+    quiet_transformers()
+    hybrid = saved_config(model)
+    chosen = task_from_spec(task_spec(hybrid.task if hybrid else None, task, option, default="sort"), "--task")
+    folder = check_result_folder(out or Path("eval") / "results" / f"baseline-sft-{chosen.name}", SFT_FILES)
+    with torch_threads(threads):
+        result = run_sft(
+            model, chosen, load_rows(chosen, split, limit), training or SFTSettings(), generation,
+            split=resolve_split(split), device=device or default_device(), dtype=dtype, seed=seed, progress=progress,
+        )  # fmt: skip
+    write_sft(result, folder, command)
+    print(sft_summary(result, command))
+    print(f"hybrid-reason: wrote {folder}")
+    return result
+
+
 def compare(
     suite: str, out: str | None = None, threads: PositiveInt | None = None, progress: bool = True, command: str = ""
 ) -> list[SystemReport]:
@@ -207,27 +264,34 @@ def compare(
 
 # ============================================================================ parsing
 def command_parser(
-    function: Callable, name: str, positional: bool = False, settings: type | None = None
+    function: Callable, name: str, positional: bool = False, settings: dict[str, type] | None = None
 ) -> ArgumentParser:
     """The parser of ``hybrid-reason NAME``: the typed parameters of ``function`` (and, flat, the
-    fields of the ``settings`` dataclass), ``--config FILE`` and ``--print_config``."""
+    fields of each ``settings`` dataclass, passed as the parameter it is keyed by), ``--config FILE``
+    and ``--print_config``."""
     doc = (function.__doc__ or "").strip().split("\n\n")[:2]
     parser = ArgumentParser(prog=f"hybrid-reason {name}", description=" ".join(" ".join(doc).split()))
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these flags")
-    parser.add_function_arguments(function, as_positional=positional, skip={"command", "generation"})
-    if settings is not None:
-        parser.add_class_arguments(settings, None)
+    parser.add_function_arguments(function, as_positional=positional, skip={"command", *(settings or {})})
+    for cls in (settings or {}).values():
+        parser.add_class_arguments(cls, None)
     return parser
 
 
-def _run(function: Callable, name: str, argv: list[str] | None, positional: bool = False, settings: type | None = None):
+def _run(
+    function: Callable,
+    name: str,
+    argv: list[str] | None,
+    positional: bool = False,
+    settings: dict[str, type] | None = None,
+):
     """Parse ``argv`` for ``function`` and call it with the values (and the command line, for the record)."""
     argv = sys.argv[2:] if argv is None else list(argv)
     values = command_parser(function, name, positional, settings).parse_args(argv).as_dict()
     values.pop("config", None)
-    if settings is not None:
-        values["generation"] = settings(**{f.name: values.pop(f.name) for f in fields(settings)})
-    return function(**values, command=shlex.join(["hybrid-reason", name, *argv]))
+    for parameter, cls in (settings or {}).items():
+        values[parameter] = cls(**{f.name: values.pop(f.name) for f in fields(cls)})
+    return function(**values, command=shlex.join(["hybrid-reason", *name.split(), *argv]))
 
 
 def evaluate_main(argv: list[str] | None = None) -> Evaluation:
@@ -235,9 +299,14 @@ def evaluate_main(argv: list[str] | None = None) -> Evaluation:
     return _run(evaluate, "evaluate", argv)
 
 
-def baseline_main(argv: list[str] | None = None) -> BaselineResult | Evaluation:
-    """``hybrid-reason baseline cot|direct|fixed-depth ...`` (see ``baseline``)."""
-    return _run(baseline, "baseline", argv, positional=True, settings=GenerationSettings)
+def baseline_main(argv: list[str] | None = None) -> BaselineResult | Evaluation | SFTResult:
+    """``hybrid-reason baseline cot|direct|fixed-depth ...`` (see ``baseline``), or ``baseline sft ...``
+    with its own flags (see ``sft``)."""
+    argv = sys.argv[2:] if argv is None else list(argv)
+    if argv[:1] == ["sft"]:
+        settings = {"training": SFTSettings, "generation": GenerationSettings}
+        return _run(sft, "baseline sft", argv[1:], settings=settings)
+    return _run(baseline, "baseline", argv, positional=True, settings={"generation": GenerationSettings})
 
 
 def compare_main(argv: list[str] | None = None) -> list[SystemReport]:
@@ -245,4 +314,13 @@ def compare_main(argv: list[str] | None = None) -> list[SystemReport]:
     return _run(compare, "compare", argv)
 
 
-__all__ = ["baseline", "baseline_main", "command_parser", "compare", "compare_main", "evaluate", "evaluate_main"]
+__all__ = [
+    "baseline",
+    "baseline_main",
+    "command_parser",
+    "compare",
+    "compare_main",
+    "evaluate",
+    "evaluate_main",
+    "sft",
+]

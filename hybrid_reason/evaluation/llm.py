@@ -126,11 +126,16 @@ class LanguageModel:
 
 
 def load_language_model(
-    name: str, device: str = "cpu", dtype: str = "float32", chat_template: str | None = None
+    name: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    chat_template: str | None = None,
+    quantization: Literal["nf4"] | None = None,
 ) -> LanguageModel:
     """Load a causal LM by hub id, local folder, .gguf file or alias (``materialize`` caches GGUF
     backbones as safetensors). A HybridReasoner folder stands for its backbone. ``chat_template``
-    (Jinja) replaces the tokenizer's own, for models that ship none."""
+    (Jinja) replaces the tokenizer's own, for models that ship none. ``quantization="nf4"`` loads the
+    weights in 4 bits (bitsandbytes), computing in ``dtype``."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -143,8 +148,16 @@ def load_language_model(
     tokenizer = load_tokenizer(path, None)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "output_loading_info": True}
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype)
+        )
+        kwargs["device_map"] = {"": str(device)}  # a quantized model loads where it runs; it cannot move
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys", []))
@@ -154,7 +167,7 @@ def load_language_model(
         )
     if chat_template is not None:
         tokenizer.chat_template = chat_template
-    return LanguageModel(name, model.to(device), tokenizer)
+    return LanguageModel(name, model if quantization else model.to(device), tokenizer)
 
 
 # ============================================================================ prompts and parsing

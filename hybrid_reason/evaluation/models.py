@@ -1,5 +1,6 @@
 """Saved HybridReasoner folders, as evaluation meets them: is this one, load it, does it fit the task,
-is it single-step (the fixed-depth baseline), and the prompt budget of its backbone."""
+is it the kind a suite says (fixed-depth: single-step; deep: unrolled, one step; no-llm: no backbone),
+and the prompt budget of its backbone."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 
 from ..errors import HybridReasonError
 from ..tasks.base import PromptBudget, TokenCount
+
+NO_LLM = "none"  # backbone.name of a model that reads the puzzle's own symbols, no LLM
 
 
 def saved_config(path: str):
@@ -71,6 +74,34 @@ def check_fixed_depth(config, name: str) -> None:
         )
 
 
+def check_deep(config, name: str) -> None:
+    """A one-line error unless the model is the non-recursive control: an unrolled core (a distinct
+    block for every call) run for one supervision step (the deep baseline)."""
+    core = config.core_config
+    if not core.unrolled or config.halt_max_steps != 1:
+        raise HybridReasonError(
+            f"{name} is not deep (core.unrolled={core.unrolled}, halt_max_steps={config.halt_max_steps}; "
+            "need true and 1: train it with --model.core.unrolled true --model.halt_max_steps 1)"
+        )
+
+
+def has_llm(config) -> bool:
+    """Whether the model reads an LLM's features (False for ``backbone.name: none``, TRM from scratch)."""
+    return (config.backbone or {}).get("name") != NO_LLM
+
+
+def check_no_llm(config, name: str) -> None:
+    """A one-line error unless the model reads no LLM (``backbone.name: none``: the no-llm baseline)."""
+    if has_llm(config):
+        raise HybridReasonError(
+            f"{name} is not no-llm (its backbone is {config.backbone.get('name')!r}; train it with "
+            f"--model.backbone.name {NO_LLM})"
+        )
+
+
+CHECKS = {"fixed-depth": check_fixed_depth, "deep": check_deep, "no-llm": check_no_llm}  # per suite kind
+
+
 def model_budget(model) -> PromptBudget | None:
     """The backbone's context in its own tokens: ARC prompts drop demonstrations to fit it."""
     backbone = model.backbone
@@ -79,4 +110,16 @@ def model_budget(model) -> PromptBudget | None:
     return PromptBudget(backbone.context_length, TokenCount(backbone.tokenizer))
 
 
-__all__ = ["check_fixed_depth", "check_model_task", "load_model", "model_budget", "model_config", "saved_config"]
+__all__ = [
+    "CHECKS",
+    "NO_LLM",
+    "check_deep",
+    "check_fixed_depth",
+    "check_model_task",
+    "check_no_llm",
+    "has_llm",
+    "load_model",
+    "model_budget",
+    "model_config",
+    "saved_config",
+]

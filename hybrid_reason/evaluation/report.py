@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from ..errors import HybridReasonError
 from ..utils.atomic_io import atomic_write, save_figure, write_csv, write_dir_atomically, write_json
-from .llm import BaselineResult
 
 EVALUATION_FILES = ("metrics.json", "curve.csv", "curve.png", "per_task.csv", "submission.json", "summary.md")
 BASELINE_FILES = ("metrics.json", "per_task.csv", "replies.jsonl")
-SUITE_FILES = ("report.md", "report.png", "results.json", "systems")
+SFT_FILES = (*BASELINE_FILES, "summary.md", "adapter")
 
 
 # ============================================================================ result folders
@@ -51,12 +46,12 @@ def write_result_folder(out: str | os.PathLike, names: Sequence[str], write: Cal
     return out
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A folder name for a system."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "system"
 
 
-def _matplotlib():
+def pyplot():
     """pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
@@ -141,7 +136,7 @@ def evaluation_files(ev, folder: Path, model_name: str, command: str) -> None:
             for r in ev.curve
         ],
     )
-    fig, ax = _matplotlib().subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     plot_curve(ax, ev.curve, ev.n_sup, keys=keys)
     ax.set_title(f"{model_name}: {ev.task} {ev.split}, test-time compute")
     save_figure(fig, folder / "curve.png")
@@ -227,174 +222,38 @@ def write_baseline(result, out: str | os.PathLike, command: str) -> Path:
     return write_result_folder(out, BASELINE_FILES, lambda tmp: baseline_files(result, tmp, command))
 
 
-# ============================================================================ a suite
-def _fmt_count(n: float) -> str:
-    """A compact count: 1.2M, 35.1K, 3.4G."""
-    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.3g}"
+# ============================================================================ the fine-tuned LLM
+def sft_files(result, folder: Path, command: str) -> None:
+    """Write a fine-tuned LLM's result into ``folder``: the baseline's files (its metrics.json holds the
+    training figures), summary.md and the LoRA adapter (``adapter/``, loadable with peft)."""
+    baseline_files(result, folder, command)
+    atomic_write(folder / "summary.md", sft_summary(result, command))
+    result.save_adapter(folder / "adapter")
 
 
-def report_table(reports: list, common: tuple[int, dict[str, float]]) -> str:
-    """The markdown table: one row per system; ``common`` = (puzzles all ran, score of each on them)."""
-    arc = any(r.headline == "pass@2" for r in reports)
-    n_common, on_common = common
-    head = (
-        ["system", "kind", "puzzles", "exact (pass@2)" if arc else "exact"]
-        + (["pass@1"] if arc else [])
-        + [
-            f"exact on the {n_common} common",
-            "cell accuracy",
-            "trainable params",
-            "total params",
-            "s / puzzle",
-            "generated tokens / puzzle",
-            "backbone FLOPs / puzzle",
-            "total FLOPs / puzzle",
+def write_sft(result, out: str | os.PathLike, command: str) -> Path:
+    """Write ``sft_files`` as one result folder (swapped in whole)."""
+    return write_result_folder(out, SFT_FILES, lambda tmp: sft_files(result, tmp, command))
+
+
+def sft_summary(result, command: str) -> str:
+    """summary.md of a fine-tuned LLM: what training cost and how its direct answers scored."""
+    t, m = result.training.summary(), result.metrics
+    return "\n".join(
+        [
+            f"# {result.model} fine-tuned with LoRA on {result.task}, scored on {result.split}",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"- training: {t['steps']} steps, {t['examples_seen']} training examples seen (of "
+            f"{t['train_puzzles']} puzzles), {t['trainable_params']:,} trainable parameters (LoRA rank "
+            f"{t['settings']['lora_rank']}), {t['seconds']:.0f} s wall time",
+            f"- loss on the answer tokens: {t['loss_first_steps']:.3f} over the first steps, "
+            f"{t['loss_last_steps']:.3f} over the last",
+            f"- {result.puzzles} puzzles, answered greedily with the direct baseline's prompt and parser: "
+            + ", ".join(f"{k} {100 * m[k]:.1f}%" for k in m if k not in ("unfinished", "unparsed")),
+            f"- {100 * m['unfinished']:.0f}% of replies hit the {result.settings.max_new_tokens}-token cap, "
+            f"{100 * m['unparsed']:.0f}% finished without a well-formed answer",
+            "",
         ]
     )
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-    for r in reports:
-        m = r.metrics
-        cells = [r.name, r.kind, str(r.puzzles), f"{100 * m[r.headline]:.1f}%"]
-        cells += [f"{100 * m['exact']:.1f}%"] if arc else []
-        cells += [
-            f"{100 * on_common[r.name]:.1f}%",
-            f"{100 * m['cell']:.1f}%",
-            _fmt_count(r.trainable_params),
-            _fmt_count(r.total_params),
-            f"{r.seconds_per_puzzle:.3f}",
-            f"{r.tokens_per_puzzle:.1f}",
-            _fmt_count(r.backbone_flops_per_puzzle),
-            _fmt_count(r.flops_per_puzzle),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def llm_replies_table(reports: list) -> list[str]:
-    """The LLM systems' reply budget (max_new_tokens), the share of replies that hit it, and of
-    finished replies without a well-formed answer (markdown lines; none without LLM systems)."""
-    llms = [r for r in reports if "unfinished" in r.metrics]
-    if not llms:
-        return []
-    lines = [
-        "## LLM replies",
-        "",
-        "| system | token cap (max_new_tokens) | replies that hit the cap | finished but unparseable |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r.name} | {r.max_new_tokens} | {100 * r.metrics['unfinished']:.0f}% | {100 * r.metrics['unparsed']:.0f}% |"
-        for r in llms
-    ]
-    return lines + [""]
-
-
-def report_markdown(
-    suite, reports: list, common: tuple[int, dict[str, float]], command: str, wall: float, task_spec: dict, split: str
-) -> str:
-    """report.md: the command, the setting, the table, the hybrids' curves, the LLMs' replies."""
-    lines = [
-        f"# Suite `{suite.name}`",
-        "",
-        suite.description.strip(),
-        "",
-        f"Produced by `{command}` in {wall / 60:.1f} min wall time on {machine()}.",
-        "",
-        f"Task `{json.dumps(task_spec)}`, split `{split}`, seed {suite.seed}.",
-        "",
-        report_table(reports, common),
-        "",
-        "Exact = whole answer right (ARC: the ARC Prize score with 2 attempts, a mean over tasks); cell = "
-        "fraction of answer cells right in attempt 1. Unfinished or unparseable LLM replies count as wrong. "
-        "Backbone FLOPs: 2 x (parameters of the LM blocks that run) x tokens (prompt only for the hybrid, "
-        "prompt + generated for the LLMs, whose LM head counts too); total adds the recursive core "
-        "(see docs/evaluation.md). Seconds are wall time per puzzle, batched, after loading.",
-        "",
-    ]
-    for r in reports:
-        if r.curve:
-            lines += [
-                f"## Test-time compute: {r.name}",
-                "",
-                f"N_sup = {r.n_sup}; answer read at N_sup in the table above.",
-                "",
-                curve_table(r.curve, r.n_sup, curve_keys(r.curve)),
-                "",
-            ]
-    return "\n".join(lines + llm_replies_table(reports))
-
-
-def machine() -> str:
-    """A one-line description of where the suite ran."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    threads = torch.get_num_threads()
-    return f"{device}, torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}, {platform.system()}"
-
-
-def plot_report(reports: list, path: Path, title: str) -> None:
-    """report.png: accuracy against FLOPs per puzzle (left) and the hybrids' test-time compute curves (right)."""
-    fig, (left, right) = _matplotlib().subplots(1, 2, figsize=(12, 4.5))
-    for r in reports:
-        point = left.scatter([r.flops_per_puzzle], [100 * r.metrics[r.headline]], s=50, zorder=3, label=r.name)
-        colour = point.get_facecolor()[0]
-        if r.curve:
-            left.plot(r.curve_flops, [100 * row[r.headline] for row in r.curve], color=colour, alpha=0.5, linewidth=1)
-            right.plot(
-                [row["step"] for row in r.curve],
-                [100 * row[r.headline] for row in r.curve],
-                marker="o",
-                markersize=3,
-                color=colour,
-                label=f"{r.name} (N_sup={r.n_sup})",
-            )
-            right.axvline(r.n_sup, color=colour, linestyle="--", linewidth=0.8)
-    left.set_xscale("log")
-    left.set_xlabel("FLOPs per puzzle (log)")
-    left.set_title("accuracy against compute (lines: hybrid after 1, 2, ... steps)")
-    right.set_xlabel("supervision steps (dashed: N_sup)")
-    right.set_title("test-time compute curve")
-    for ax in (left, right):
-        ax.set_ylabel(f"{reports[0].headline} accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.set_ylim(-3, 103)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def suite_files(
-    suite,
-    reports: list,
-    raws: list[Any],
-    folder: Path,
-    command: str,
-    wall: float,
-    task_spec: dict,
-    split: str,
-    common: tuple[int, dict[str, float]],
-) -> None:
-    """Write a suite into ``folder``: each system's own files, results.json, report.png and report.md."""
-    for report, raw in zip(reports, raws):
-        system = folder / "systems" / _slug(report.name)
-        if isinstance(raw, BaselineResult):
-            baseline_files(raw, system, command)
-        else:
-            evaluation_files(raw, system, report.model, command)
-    plain = [{k: v for k, v in asdict(r).items() if k not in ("solved", "group")} for r in reports]
-    write_json(
-        folder / "results.json",
-        {
-            "suite": suite.name,
-            "command": command,
-            "wall_seconds": wall,
-            "machine": machine(),
-            "task": task_spec,
-            "split": split,
-            "systems": plain,
-        },
-    )
-    plot_report(reports, folder / "report.png", f"{suite.name}: {task_spec.get('name')}")
-    atomic_write(folder / "report.md", report_markdown(suite, reports, common, command, wall, task_spec, split))

@@ -1,51 +1,57 @@
 """Evaluation suites: run several systems on the same puzzles and write one report.
 
 A suite YAML names a task (default: the first hybrid model's own), a split, a puzzle limit and a list
-of systems. Each system is a trained HybridReasoner folder (``kind: hybrid`` or ``fixed-depth``) or an
-LLM baseline (``kind: cot`` or ``direct``; its ``model`` defaults to the first hybrid's backbone).
-A system's ``limit`` takes the first puzzles of the suite's, so every system sees the same puzzles and
-the report also scores all systems on the puzzles they have in common. The file is checked against
-the dataclasses below by jsonargparse, the machinery of the command line: an unknown key, a missing
-one or a value of the wrong type is a one-line error naming it. The report folder is written only
-when every system has run, and swapped in whole (``report.write_result_folder``).
+of systems, each of a kind with its own settings:
+
+- ``hybrid``, ``fixed-depth``, ``deep``, ``no-llm``: a HybridReasoner, either a saved ``model`` folder
+  or a ``recipe`` (+ ``overrides``) that the suite trains once per seed (``runs``); the last three are
+  checked to be what they say (fixed-depth: T = n = N_sup = 1; deep: an unrolled core, N_sup = 1;
+  no-llm: ``backbone.name: none``).
+- ``sft``: the LLM fine-tuned with LoRA to answer directly (``sft``), trained once per seed.
+- ``cot``, ``direct``: the LLM prompted (``llm``); a reply budget that more than 10% of the replies hit
+  is also run at a larger cap on the first puzzles, and both rows are reported.
+
+LLM ``model``s default to the first hybrid's backbone. With ``seeds: [0, 1, 2]`` every trained system
+runs once per seed and the report shows mean ± std. A system's ``limit`` takes the first puzzles of the
+suite's, so every system sees the same puzzles and the report also scores all systems on the puzzles
+they have in common. The file is checked against the dataclasses below by jsonargparse, the machinery
+of the command line: an unknown key, a missing one or a value of the wrong type is a one-line error
+naming it. The report folder is written only when every system has run, and swapped in whole.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
-import time
 import types
 import typing
-from dataclasses import MISSING, dataclass, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ArgumentError, ArgumentParser
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt
 
 from ..errors import HybridReasonError
-from .hybrid import evaluate_model
-from .llm import GenerationSettings, load_language_model, run_baseline
-from .models import check_fixed_depth, check_model_task, load_model, model_budget, model_config
-from .puzzles import load_rows, resolve_split, select_rows
-from .report import SUITE_FILES, check_result_folder, suite_files, write_result_folder
-from .runtime import default_device, torch_threads
-from .scoring import group_mean
+from .llm import GenerationSettings
+from .sft import SFTSettings
 
 Split = Literal["train", "validation", "test", "eval", "evaluation"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+FALLBACK_SHARE = 0.10  # an LLM whose replies hit the cap more often than this also runs a larger cap
 
 
 # ============================================================================ suite files
 @dataclass(kw_only=True)
 class HybridEntry:
-    """A trained HybridReasoner (``kind: hybrid``), or one checked to be single-step (``fixed-depth``).
+    """A HybridReasoner: a saved ``model`` folder, or a ``recipe`` the suite trains once per seed.
 
     Args:
         name: the system's name in the report
-        model: a saved HybridReasoner folder
-        kind: hybrid, or fixed-depth (checked: T = n = N_sup = 1)
+        kind: hybrid; fixed-depth (checked: T = n = N_sup = 1); deep (checked: core.unrolled, N_sup = 1);
+            no-llm (checked: backbone.name none)
+        model: a saved HybridReasoner folder (trained once; not per seed)
+        recipe: a training recipe (YAML), trained per seed: hybrid-reason fit --config RECIPE
+        overrides: fit flags over the recipe, e.g. ["--model.core.T 1", "--trainer.max_steps 300"]
         limit: only the first puzzles of the suite's (so every system sees the same puzzles)
         steps: the supervision step whose answer is scored (default: N_sup)
         curve_steps: length of the test-time compute curve (default: 2 x steps)
@@ -54,13 +60,21 @@ class HybridEntry:
     """
 
     name: str
-    model: str
-    kind: Literal["hybrid", "fixed-depth"] = "hybrid"
+    kind: Literal["hybrid", "fixed-depth", "deep", "no-llm"] = "hybrid"
+    model: str | None = None
+    recipe: str | None = None
+    overrides: list[str] = field(default_factory=list)
     limit: PositiveInt | None = None
     steps: PositiveInt | None = None
     curve_steps: PositiveInt | None = None
     augmentations: PositiveInt = 1
     batch_size: PositiveInt = 32
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.recipe is None):
+            raise HybridReasonError("give either model (a saved folder) or recipe (trained per seed), not both")
+        if self.overrides and self.recipe is None:
+            raise HybridReasonError("overrides need a recipe (a saved model is not trained again)")
 
 
 @dataclass(kw_only=True)
@@ -74,21 +88,59 @@ class LLMEntry(GenerationSettings):
         limit: only the first puzzles of the suite's
         dtype: the LM's weights (float32 on CPU)
         chat_template: a Jinja chat template, for a model that ships none
+        fallback_max_new_tokens: the larger cap run when more than 10% of replies hit max_new_tokens
+            (default: 4 x max_new_tokens)
+        fallback_limit: the first puzzles run at the larger cap (null: never run it)
     """
 
     name: str
     kind: Literal["cot", "direct"]
     model: str | None = None
     limit: PositiveInt | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
     chat_template: str | None = None
+    fallback_max_new_tokens: PositiveInt | None = None
+    fallback_limit: PositiveInt | None = 10
 
     @property
     def settings(self) -> GenerationSettings:
         """The entry's generation settings, with the kind's reply budget when none is given."""
-        return GenerationSettings(**{f.name: getattr(self, f.name) for f in fields(GenerationSettings)}).for_kind(
-            self.kind
-        )
+        return generation_settings(self, self.kind)
+
+
+@dataclass(kw_only=True)
+class SFTEntry(SFTSettings, GenerationSettings):
+    """The LLM fine-tuned with LoRA to answer directly, trained once per seed: ``SFTSettings`` (how it
+    trains) and ``GenerationSettings`` (how it answers) plus what it runs.
+
+    Args:
+        name: the system's name in the report
+        kind: sft
+        model: hub id, folder, .gguf or alias (default: the suite's first hybrid's backbone)
+        limit: only the first puzzles of the suite's
+        dtype: the LM's weights (float32 on CPU)
+        chat_template: a Jinja chat template, for a model that ships none
+    """
+
+    name: str
+    kind: Literal["sft"] = "sft"
+    model: str | None = None
+    limit: PositiveInt | None = None
+    dtype: Dtype = "float32"
+    chat_template: str | None = None
+
+    @property
+    def settings(self) -> GenerationSettings:
+        """The entry's generation settings, with the direct baseline's reply budget when none is given."""
+        return generation_settings(self, "direct")
+
+
+def generation_settings(entry: Any, kind: str) -> GenerationSettings:
+    """The ``GenerationSettings`` fields of a suite entry, with ``kind``'s reply budget when none is given."""
+    return GenerationSettings(**{f.name: getattr(entry, f.name) for f in fields(GenerationSettings)}).for_kind(kind)
+
+
+Entry = HybridEntry | LLMEntry | SFTEntry
 
 
 @dataclass
@@ -101,7 +153,12 @@ class Suite:
         task: the task section {name: ..., option: value} (default: the first hybrid model's own)
         split: train, validation or test ('eval' = test)
         limit: the first puzzles of the split (ARC: tasks)
-        seed: seeds the augmentations and the LLMs' sampling
+        seed: seeds the augmentations and the LLMs' sampling (and training, without seeds)
+        seeds: train every trained system (recipe, sft) once per seed; the report shows mean ± std
+        runs: where recipe systems train, one folder per recipe, overrides and seed, reused when it
+            holds a model (default: runs/suites/NAME)
+        jobs: processes busy at once: recipe runs (child processes, a recipe's torch_threads each),
+            and this one while it evaluates, during training, systems that need none of the runs
         device: where the systems run (default: cuda when visible)
         threads: torch CPU threads (default: torch's)
         description: a paragraph copied into the report
@@ -109,18 +166,26 @@ class Suite:
     """
 
     name: str
-    systems: list[HybridEntry | LLMEntry]
+    systems: list[Entry]
     task: dict[str, Any] | None = None
     split: Split = "test"
     limit: PositiveInt | None = None
     seed: int = 0
+    seeds: list[int] | None = None
+    runs: str | None = None
+    jobs: PositiveInt = 1
     device: str | None = None
     threads: PositiveInt | None = None
     description: str = ""
     output: str | None = None
 
 
-ENTRIES: dict[str, type] = {"hybrid": HybridEntry, "fixed-depth": HybridEntry, "cot": LLMEntry, "direct": LLMEntry}
+KINDS = ("hybrid", "fixed-depth", "deep", "no-llm", "sft", "cot", "direct")
+ENTRIES: dict[str, type] = {kind: HybridEntry for kind in KINDS[:4]} | {
+    "sft": SFTEntry,
+    "cot": LLMEntry,
+    "direct": LLMEntry,
+}
 
 
 def _type_name(hint: Any) -> str:
@@ -130,7 +195,9 @@ def _type_name(hint: Any) -> str:
         return "one of " + ", ".join(map(str, args))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
-    return {type(None): "null", PositiveInt: "int > 0"}.get(hint) or getattr(hint, "__name__", str(hint))
+    return {type(None): "null", PositiveInt: "int > 0", PositiveFloat: "float > 0"}.get(hint) or getattr(
+        hint, "__name__", str(hint)
+    )
 
 
 def _field_names(cls: type) -> list[str]:
@@ -166,7 +233,7 @@ def parse_typed(cls: type, data: Any, where: str, skip: frozenset[str] = frozens
         ) from None
 
 
-def _entry(data: Any, where: str) -> HybridEntry | LLMEntry:
+def _entry(data: Any, where: str) -> Entry:
     """A system entry, typed by its ``kind``."""
     kind = data.get("kind", "hybrid") if isinstance(data, dict) else None
     if kind not in ENTRIES:
@@ -204,189 +271,22 @@ def load_suite(path: str) -> Suite:
     return suite
 
 
-# ============================================================================ running systems
-@dataclass
-class SystemReport:
-    """One system's row of the report, and its curve (hybrids)."""
-
-    name: str
-    kind: str
-    model: str
-    puzzles: int
-    headline: str  # "exact" or "pass@2" (ARC)
-    metrics: dict[str, float]
-    trainable_params: int
-    total_params: int
-    seconds_per_puzzle: float
-    tokens_per_puzzle: float
-    backbone_flops_per_puzzle: float
-    flops_per_puzzle: float
-    solved: dict[str, bool]  # puzzle id -> headline solved
-    group: dict[str, str]  # puzzle id -> scoring group (ARC task)
-    wall_seconds: float = 0.0
-    n_sup: int | None = None
-    curve: list[dict[str, float]] | None = None
-    curve_flops: list[float] | None = None
-    max_new_tokens: int | None = None  # LLMs: the reply budget
-
-
-def _solved(results: list, headline: str) -> dict[str, bool]:
-    """Puzzle id -> solved by the headline metric."""
-    return {r.id: r.solved[2 if headline == "pass@2" else 1] for r in results}
-
-
-class Runner:
-    """Runs a suite's systems on one task, sharing one frozen backbone between hybrids that use the same one."""
-
-    def __init__(self, suite: Suite, progress: bool = True):
-        self.suite, self.progress = suite, progress
-        self.device = suite.device or default_device()
-        self.backbones: dict[str, Any] = {}
-        self.task_spec = suite.task or self._first_hybrid_config().task
-        if not self.task_spec:
-            raise HybridReasonError(f"suite {suite.name}: no task given and the first hybrid model has none")
-        self.split = resolve_split(suite.split)
-        self._task = None
-
-    def _first_hybrid_config(self):
-        """The config of the first hybrid system (for the default task and LLM)."""
-        for entry in self.suite.systems:
-            if isinstance(entry, HybridEntry):
-                return model_config(entry.model, f"system {entry.name!r}: model")
-        raise HybridReasonError(f"suite {self.suite.name}: give a task (no hybrid system to take it from)")
-
-    @property
-    def task(self):
-        """The suite's task, built once."""
-        from ..tasks import task_from_spec
-
-        if self._task is None:
-            self._task = task_from_spec(self.task_spec, f"suite {self.suite.name}: task")
-        return self._task
-
-    def rows(self, limit: int | None, budget=None):
-        """The suite's puzzles, cut to the system's limit (never beyond the suite's)."""
-        return select_rows(load_rows(self.task, self.split, self.suite.limit, budget), limit)
-
-    def run(self, entry: HybridEntry | LLMEntry) -> tuple[SystemReport, Any]:
-        """Run one system; returns its report row and its raw result (for its own files)."""
-        t0 = time.perf_counter()
-        report, raw = self.run_hybrid(entry) if isinstance(entry, HybridEntry) else self.run_llm(entry)
-        if not all(r.scored for r in raw.results):
-            raise HybridReasonError(f"suite {self.suite.name}: split {self.split!r} has puzzles without targets")
-        report.wall_seconds = time.perf_counter() - t0
-        return report, raw
-
-    def backbone_for(self, model):
-        """One shared, uncached Backbone per backbone spec (so timings include the backbone pass)."""
-        from ..backbone.backbone import Backbone
-
-        key = json.dumps(model.config.backbone, sort_keys=True)
-        if key not in self.backbones:
-            self.backbones[key] = Backbone.load(model.config.backbone_spec, cache=False, device=self.device)
-        return self.backbones[key]
-
-    def run_hybrid(self, entry: HybridEntry) -> tuple[SystemReport, Any]:
-        """Evaluate a trained model with ``evaluate_model``."""
-        who = f"system {entry.name!r}: model"
-        config = model_config(entry.model, who)
-        if entry.kind == "fixed-depth":
-            check_fixed_depth(config, f"system {entry.name!r}: {entry.model}")
-        check_model_task(config, self.task, entry.model)
-        model = load_model(entry.model, self.device, who)
-        if not (Path(entry.model) / "backbone_lora").is_dir():  # a LoRA backbone is the model's own
-            model.attach_backbone(self.backbone_for(model))
-        ev = evaluate_model(
-            model,
-            self.task,
-            self.rows(entry.limit, model_budget(model)),
-            split=self.split,
-            augmentations=entry.augmentations,
-            steps=entry.steps,
-            curve_steps=entry.curve_steps,
-            batch_size=entry.batch_size,
-            seed=self.suite.seed,
-            progress=self.progress,
-        )
-        s = ev.summary()
-        report = SystemReport(
-            entry.name, entry.kind, entry.model, ev.puzzles, ev.headline, ev.metrics, s["trainable_params"],
-            s["total_params"], ev.seconds_per_puzzle(), 0.0, ev.backbone_flops_per_puzzle(), ev.flops_per_puzzle(),
-            _solved(ev.results, ev.headline), {r.id: r.group for r in ev.results},
-            n_sup=ev.n_sup, curve=ev.curve, curve_flops=[ev.flops_per_puzzle(row["step"]) for row in ev.curve],
-        )  # fmt: skip
-        return report, ev
-
-    def run_llm(self, entry: LLMEntry) -> tuple[SystemReport, Any]:
-        """Run a chain-of-thought or direct-answer baseline with ``run_baseline``."""
-        name = entry.model or self._first_hybrid_config().backbone["name"]
-        lm = load_language_model(name, self.device, entry.dtype, entry.chat_template)
-        result = run_baseline(
-            lm,
-            self.task,
-            self.rows(entry.limit),
-            entry.kind,
-            entry.settings,
-            self.split,
-            self.progress,
-            seed=self.suite.seed,
-        )
-        report = SystemReport(
-            entry.name, entry.kind, lm.name, result.puzzles, result.headline, result.metrics, 0, lm.params,
-            result.seconds_per_puzzle(), result.tokens_per_puzzle(), result.flops_per_puzzle(), result.flops_per_puzzle(),
-            _solved(result.results, result.headline), {r.id: r.group for r in result.results},
-            max_new_tokens=result.settings.max_new_tokens,
-        )  # fmt: skip
-        return report, result
-
-
-def common_scores(reports: list[SystemReport]) -> tuple[int, dict[str, float]]:
-    """Headline score of each system on the puzzles every system ran (ARC: mean over tasks)."""
-    common = set.intersection(*(set(r.solved) for r in reports)) if reports else set()
-    return len(common), {r.name: group_mean((r.group[pid], r.solved[pid]) for pid in common) for r in reports}
-
-
-def run_suite(suite: Suite, out: str | Path, command: str, progress: bool = True) -> list[SystemReport]:
-    """Run every system of ``suite`` (on ``suite.threads`` torch threads), then write the report folder
-    ``out`` whole. ``out`` is checked first, so a bad folder fails before the systems run."""
-    out = check_result_folder(out, SUITE_FILES)
-    with torch_threads(suite.threads):
-        t0 = time.perf_counter()
-        runner = Runner(suite, progress)
-        reports, raws = [], []
-        for entry in suite.systems:
-            print(f"hybrid-reason compare: running {entry.name} ({entry.kind})", file=sys.stderr)
-            report, raw = runner.run(entry)
-            print(
-                f"hybrid-reason compare: {entry.name}: {report.headline} {100 * report.metrics[report.headline]:.1f}% "
-                f"on {report.puzzles} puzzles in {report.wall_seconds:.0f} s",
-                file=sys.stderr,
-            )
-            reports.append(report)
-            raws.append(raw)
-        wall, common = time.perf_counter() - t0, common_scores(reports)
-        write_result_folder(
-            out,
-            SUITE_FILES,
-            lambda tmp: suite_files(suite, reports, raws, tmp, command, wall, runner.task_spec, runner.split, common),
-        )
-    return reports
-
-
 def with_threads(suite: Suite, threads: int | None) -> Suite:
     """``suite`` with its torch thread count replaced by ``threads`` when given."""
     return suite if threads is None else replace(suite, threads=threads)
 
 
 __all__ = [
+    "ENTRIES",
+    "FALLBACK_SHARE",
+    "KINDS",
+    "Entry",
     "HybridEntry",
     "LLMEntry",
-    "Runner",
+    "SFTEntry",
     "Suite",
-    "SystemReport",
-    "common_scores",
+    "generation_settings",
     "load_suite",
     "parse_typed",
-    "run_suite",
     "with_threads",
 ]
