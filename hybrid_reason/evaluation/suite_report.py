@@ -208,10 +208,10 @@ def report_markdown(
         report_table(reports, common), "",
         "Exact = whole answer right (ARC: the ARC Prize score with 2 attempts, a mean over tasks); cell = "
         "fraction of answer cells right in attempt 1; a system trained at several seeds shows mean ± sample "
-        "std over them. Unfinished or unparseable LLM replies count as wrong. Backbone FLOPs: 2 x (parameters "
-        "of the LM blocks that run) x tokens (prompt only for the hybrid, prompt + generated for the LLMs, "
-        "whose LM head counts too); total adds the recursive core (see docs/evaluation.md). Seconds are wall "
-        "time per puzzle, batched, after loading.", "",
+        "std over them. Unfinished or unparseable LLM replies count as wrong. Backbone FLOPs: for the hybrid, "
+        "the blocks up to its layer over each prompt, attention scores included (model/flops.py); for the "
+        "LLMs, 2 x parameters x (prompt + generated tokens), LM head included. Total adds the recursive core "
+        "(see docs/evaluation.md). Seconds are wall time per puzzle, batched, after loading.", "",
     ]  # fmt: skip
     return "\n".join(lines + training_table(reports) + seeds_table(reports) + curves_section(reports)
                      + llm_replies_table(reports))  # fmt: skip
