@@ -14,26 +14,17 @@ from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.evaluation import llm as B
 from hybrid_reason.evaluation.commands import baseline_main
 from hybrid_reason.tasks import build_task
+from hybrid_reason.utils.testing import tiny_chat_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
 SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_validation": 10, "num_test": 30}
 
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
     """A tiny random causal LM whose saved tokenizer carries a chat template."""
-    from hybrid_reason.utils.testing import TOKENIZER_FOLDER, save_tokenizer, tiny_backbone, tiny_tokenizer
-
-    path = tiny_backbone(str(tmp_path_factory.mktemp("lm") / "qwen"), hidden_size=32, num_layers=2, max_positions=1024)
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = TEMPLATE
-    save_tokenizer(tokenizer, os.path.join(path, TOKENIZER_FOLDER))
-    return path
+    return tiny_chat_lm(str(tmp_path_factory.mktemp("lm") / "qwen"))
 
 
 @pytest.fixture(scope="module")

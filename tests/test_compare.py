@@ -18,14 +18,11 @@ from hybrid_reason.evaluation import suite as C
 from hybrid_reason.evaluation import systems as R
 from hybrid_reason.evaluation.commands import compare_main
 from hybrid_reason.tasks import build_task
+from hybrid_reason.utils.testing import CHAT_TEMPLATE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
 SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_validation": 10, "num_test": 30}
 
 
@@ -75,7 +72,7 @@ def tiny_suite(models, **extra):
                 "kind": "cot",
                 "limit": 3,
                 "max_new_tokens": 8,
-                "chat_template": TEMPLATE,
+                "chat_template": CHAT_TEMPLATE,
                 "fallback_limit": 2,
             },
             {
@@ -83,7 +80,7 @@ def tiny_suite(models, **extra):
                 "kind": "direct",
                 "limit": 3,
                 "max_new_tokens": 4,
-                "chat_template": TEMPLATE,
+                "chat_template": CHAT_TEMPLATE,
                 "fallback_limit": None,
             },
         ],
@@ -304,7 +301,7 @@ def test_recipe_and_sft_systems_train_once_per_seed_and_recipe_runs_are_cached(m
             {"name": "hybrid", "recipe": recipe, "overrides": ["--model.core.n 3"]},
             {"name": "given", "model": models["hybrid"]},
             {"name": "ft", "kind": "sft", "model": models["backbone"], "max_steps": 2, "lora_rank": 2,
-             "train_limit": 8, "max_new_tokens": 4, "limit": 2, "chat_template": TEMPLATE},
+             "train_limit": 8, "max_new_tokens": 4, "limit": 2, "chat_template": CHAT_TEMPLATE},
         ],
     }  # fmt: skip
     suite, out = write_suite(tmp_path / "seeded.yaml", data), tmp_path / "results"

@@ -7,8 +7,6 @@ and the state dict, and ``from_pretrained`` gives the same logits. (2-rank DDP: 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
 import sys
 
 import pytest
@@ -17,6 +15,7 @@ import test_training_resume as resume
 import torch
 from lightning.pytorch.callbacks import Callback
 from peft import PeftModel
+from remote_loading import assert_remote_code_logits
 from safetensors.torch import load_file, save_file
 from test_training_common import make_data, make_module, make_trainer
 from transformers import AutoModel
@@ -226,28 +225,9 @@ def test_export_writes_the_adapter_and_from_pretrained_gives_the_same_logits(bac
         batch = model.backbone.tokenizer(TEXTS, return_tensors="pt")
         got = peft_model(**batch).last_hidden_state
         assert torch.equal(got, model.backbone.hidden_states(batch["input_ids"], batch["attention_mask"].bool()))
-    assert_remote_code_logits(out, want, tmp_path)
-
-
-def assert_remote_code_logits(folder, want: torch.Tensor, tmp_path) -> None:
-    """A fresh process that never imports hybrid_reason loads ``folder`` with ``trust_remote_code`` and
-    gets ``want`` on TEXTS/SPANS."""
-    torch.save(want, tmp_path / "want.pt")
-    script = f"""
-import sys, torch
-from transformers import AutoModel
-m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-with torch.no_grad():
-    got = m(texts={TEXTS!r}, slot_spans={SPANS!r}).logits
-assert "hybrid_reason" not in sys.modules, "the package was imported"
-assert len(m.backbone.lora_parameters()) == {len(LORA_KEYS)}
-assert torch.equal(got, torch.load({str(tmp_path / "want.pt")!r})), "logits differ"
-print("OK", type(m).__module__)
-"""
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "OK transformers_modules" in run.stdout
+    assert_remote_code_logits(
+        out, TEXTS, SPANS, want, tmp_path, f"assert len(m.backbone.lora_parameters()) == {len(LORA_KEYS)}"
+    )
 
 
 def test_the_recipe_cli_fits_and_exports_a_joint_lora_model(backbone_path, tmp_path, monkeypatch):

@@ -3,12 +3,11 @@
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from remote_loading import assert_remote_code_logits
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -98,21 +97,7 @@ def test_trust_remote_code_loads_in_a_process_that_never_imported_the_package(ba
     model.save_pretrained(tmp_path / "model")
     with torch.no_grad():
         want = model(texts=TEXTS, slot_spans=SPANS).logits
-    torch.save(want, tmp_path / "want.pt")
-    script = f"""
-import sys, torch
-from transformers import AutoModel
-m = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-assert "hybrid_reason" not in sys.modules, "the package was imported"
-with torch.no_grad():
-    got = m(texts={TEXTS!r}, slot_spans={SPANS!r}).logits
-assert torch.equal(got, torch.load({str(tmp_path / "want.pt")!r})), "logits differ"
-print("OK", type(m).__module__)
-"""
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "OK transformers_modules" in run.stdout
+    assert_remote_code_logits(tmp_path / "model", TEXTS, SPANS, want, tmp_path)
 
 
 def test_a_backbone_of_another_hidden_size_is_refused(backbone_dir, tmp_path):

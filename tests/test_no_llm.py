@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from remote_loading import assert_remote_code_logits
 from test_training_common import make_data, make_module, make_trainer
 from transformers import AutoModel
 
@@ -135,28 +133,9 @@ def test_save_and_reload_through_automodel_and_remote_code(tmp_path):
     assert isinstance(reloaded.backbone, SymbolBackbone)
     with torch.no_grad():
         assert torch.equal(reloaded(texts=TEXTS, slot_spans=SPANS).logits, want)
-    assert_remote_code_logits(tmp_path / "model", want, tmp_path)
-
-
-def assert_remote_code_logits(folder, want: torch.Tensor, tmp_path) -> None:
-    """In a fresh process that never imports hybrid_reason, ``trust_remote_code`` loads ``folder`` and
-    gives ``want`` on TEXTS/SPANS."""
-    torch.save(want, tmp_path / "want.pt")
-    script = f"""
-import sys, torch
-from transformers import AutoModel
-m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-with torch.no_grad():
-    got = m(texts={TEXTS!r}, slot_spans={SPANS!r}).logits
-assert "hybrid_reason" not in sys.modules, "the package was imported"
-assert type(m.backbone).__name__ == "SymbolBackbone", type(m.backbone)
-assert torch.equal(got, torch.load({str(tmp_path / "want.pt")!r})), "logits differ"
-print("OK", type(m).__module__)
-"""
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "OK transformers_modules" in run.stdout
+    assert_remote_code_logits(
+        tmp_path / "model", TEXTS, SPANS, want, tmp_path, 'assert type(m.backbone).__name__ == "SymbolBackbone"'
+    )
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -14,13 +14,10 @@ from hybrid_reason.evaluation import llm as B
 from hybrid_reason.evaluation import sft as F
 from hybrid_reason.evaluation.commands import baseline_main
 from hybrid_reason.tasks import build_task
+from hybrid_reason.utils.testing import tiny_chat_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
 SORT = {"name": "sort", "length": 6, "min_length": 4, "num_train": 50, "num_validation": 10, "num_test": 30}
 # one-number lists: the answer copies the input, which a tiny model learns in a few dozen steps
 COPY = {"name": "sort", "length": 1, "min_length": 1, "max_value": 9, "num_train": 10, "num_validation": 1,
@@ -29,21 +26,8 @@ COPY = {"name": "sort", "length": 1, "min_length": 1, "max_value": 9, "num_train
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    """A tiny random causal LM whose saved tokenizer carries a chat template. Its tied embeddings are
-    scaled up: at the usual init (std 0.02) the logits of a 32-wide model stay near 0 whatever the
-    adapters learn, so no loss could fall far."""
-    from transformers import AutoModelForCausalLM
-
-    from hybrid_reason.utils.testing import TOKENIZER_FOLDER, save_tokenizer, tiny_backbone, tiny_tokenizer
-
-    path = tiny_backbone(str(tmp_path_factory.mktemp("lm") / "qwen"), hidden_size=32, num_layers=2, max_positions=1024)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    model.get_input_embeddings().weight.data *= 20
-    model.save_pretrained(path)
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = TEMPLATE
-    save_tokenizer(tokenizer, os.path.join(path, TOKENIZER_FOLDER))
-    return path
+    """A tiny random causal LM with a chat template, its embeddings scaled up so that a loss can fall."""
+    return tiny_chat_lm(str(tmp_path_factory.mktemp("lm") / "qwen"), embedding_scale=20)
 
 
 @pytest.fixture()

@@ -22,6 +22,10 @@ from ..backbone.loading import TOKENIZER_FOLDER
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ARCHS = ("qwen2", "llama", "bert")
+CHAT_TEMPLATE = (  # a minimal chat template for tiny causal LMs used as chat models in tests
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
 
 
 def _corpus(seed: int = 0) -> list[str]:
@@ -167,3 +171,20 @@ def qwen_shaped_config(size: str = "0.5b") -> Qwen2Config:
         eos_token_id=151645,
         max_window_layers=21 if size == "0.5b" else 28,
     )
+
+
+def tiny_chat_lm(path: str, embedding_scale: float = 1.0) -> str:
+    """A tiny random Qwen2 causal LM saved at ``path`` whose tokenizer carries ``CHAT_TEMPLATE``.
+    ``embedding_scale`` multiplies its (tied) embeddings: at the usual init (std 0.02) a 32-wide
+    model's logits stay near 0 whatever adapters learn, so fine-tuning tests scale them up."""
+    path = tiny_backbone(path, hidden_size=32, num_layers=2, max_positions=1024)
+    if embedding_scale != 1.0:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path)
+        model.get_input_embeddings().weight.data *= embedding_scale
+        model.save_pretrained(path)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    save_tokenizer(tokenizer, os.path.join(path, TOKENIZER_FOLDER))
+    return path
