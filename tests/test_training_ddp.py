@@ -7,12 +7,10 @@ started with ``subprocess`` (under pytest the launcher would re-run pytest itsel
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import torch
+from ddp_launch import run_two_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -48,23 +46,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_ddp_two_cpu_ranks_hold_identical_weights(backbone_path, tmp_path):
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    script = tmp_path / "ddp_run.py"
-    script.write_text(SCRIPT)
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([os.getcwd(), tests_dir, os.environ.get("PYTHONPATH", "")]),
-    )
-    proc = subprocess.run(
-        [sys.executable, str(script), backbone_path, str(tmp_path), tests_dir],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = run_two_ranks(SCRIPT, backbone_path, tmp_path)
     for key, value in ranks[0]["weights"].items():
         assert torch.equal(value, ranks[1]["weights"][key]), key
     assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == 8 * 4
