@@ -318,10 +318,12 @@ def test_recipe_and_sft_systems_train_once_per_seed_and_recipe_runs_are_cached(m
     assert [p.name for p in runs] == ["seed_0", "seed_1"] and runs[0].parent == runs[1].parent
     for seed, run in enumerate(runs):
         log = (run / "fit.log").read_text()
-        assert f"--model.core.n 3 --seed_everything {seed} --trainer.default_root_dir {run}" in log
+        features = tmp_path / "runs" / "features"  # every run keeps the backbone's features there, outside the key
+        assert f"--model.core.n 3 --model.feature_cache_dir {features} --seed_everything {seed} " in log
         assert json.loads((run / "model" / "config.json").read_text())["core"]["n"] == 3  # the override reached it
         record = json.loads((run / "training.json").read_text())
         assert record["seed"] == seed and record["steps"] == 4 and record["examples_seen"] >= 6
+    assert len(list(features.glob("*.safetensors"))) >= 6  # at least one batch of distinct prompts
     weights = [load_file(run / "model" / "model.safetensors") for run in runs]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the seeds differ
     hybrid0, hybrid1 = reports[:2]

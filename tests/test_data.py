@@ -74,6 +74,22 @@ def test_augmentation_is_drawn_per_example(task_and_rows):
     assert first.meta["augmentation"] != again.meta["augmentation"]  # a new shuffle of the same list
 
 
+def test_an_augmentation_pool_gives_each_row_the_same_few_augmentations_whatever_the_seed(task_and_rows):
+    task, rows = task_and_rows
+    n, k = len(rows), 3
+    texts: dict[int, set] = {}
+    for seed in (0, 1):
+        s = stream(task_and_rows, seed=seed, augmentations=k)
+        for i in range(12 * n):
+            texts.setdefault(s.row_index(i), set()).add(s.example(i)[0].text)
+    assert all(len(t) <= k for t in texts.values()) and any(len(t) == k for t in texts.values())
+    fresh = stream(task_and_rows)
+    row0 = [fresh.example(i)[0].text for i in range(12 * n) if fresh.row_index(i) == 0]
+    assert len(set(row0)) > k  # without a pool, every example draws anew
+    with pytest.raises(ValueError, match="data.augmentations"):
+        TaskDataModule(TASK, augmentations=0)
+
+
 def test_ranks_read_disjoint_examples(task_and_rows):
     ranks = [stream(task_and_rows, rank=r, world_size=2) for r in (0, 1)]
     seen = [set(sum((s.batch_indices(b) for b in range(10)), [])) for s in ranks]

@@ -340,6 +340,17 @@ def test_max_grid_side_keeps_tasks_whose_grids_all_fit():
         build_task("arc1", max_grid_side="10")
 
 
+def test_a_canvas_of_max_grid_side_holds_every_small_task_under_every_augmentation():
+    task = build_task("arc1", max_grid_side=10, canvas_side=10)
+    assert task.num_slots == 100
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for row in sample_rows(task.load(split), 40):
+            ex = task.render(row, task.sample_augmentation(rng, split == "train"))
+            assert len(ex.labels) == len(ex.slot_spans) == 100
+            assert task.decode(labels_as_prediction(ex.labels), ex.meta) == row["test_output"], row["id"]
+
+
 def test_task_ids_from_a_list_or_a_file():
     source = str(FIXTURES / "small")
     by_list = build_task("arc1", source=source, task_ids=["cccc0003", "aaaa0001"])

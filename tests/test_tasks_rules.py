@@ -31,7 +31,7 @@ from hybrid_reason.tasks.rules import (
 )
 
 SMALL = dict(num_train_rules=12, num_eval_rules=6, train_examples_per_rule=2, test_examples_per_rule=2, max_side=7)
-GEN_ARGS = (0, 12, 6, 2, 2, 3, 7, 2, 4, 1, 3, "test")  # generate_rows' arguments after ``parts`` for SMALL
+GEN_ARGS = (0, 12, 6, 2, 2, 3, 7, 2, 4, 1, 3, 30, "test")  # generate_rows' arguments after ``parts`` for SMALL
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,26 @@ def test_round_trip_every_dihedral_and_colour_permutation(task):
                 assert answer == task.target(row) == row["test_output"], (row["id"], k, colours, shift)
     ex = task.render(rows[0])
     assert ex.text.startswith("Example 1\nInput:\n") and "\nTest\nInput:\n" in ex.text
+
+
+def test_a_small_canvas_keeps_every_grid_on_it_and_round_trips():
+    small = RulesTask(**(SMALL | {"max_side": 5, "canvas_side": 8}))
+    assert small.num_slots == 64
+    rng = np.random.default_rng(1)
+    for split in ("train", "test_unseen", "trm_protocol"):
+        for row in small.load(split):
+            pairs = [(d["input"], d["output"]) for d in row["demonstrations"]] + [(row["test_input"], row["test_output"])]
+            assert max(max(len(g), len(g[0])) for pair in pairs for g in pair) <= 8, row["id"]
+            aug = small.sample_augmentation(rng, True)
+            ex = small.render(row, aug)
+            assert len(ex.labels) == len(ex.slot_spans) == 64
+            assert small.decode(labels_as_prediction(ex.labels), ex.meta) == row["test_output"], row["id"]
+    with pytest.raises(HybridReasonError, match="'canvas_side'"):
+        build_task("rules", max_side=9, canvas_side=8)
+    with pytest.raises(HybridReasonError, match="canvas_side 10 needs max_grid_side <= 10"):
+        build_task("arc1", canvas_side=10)
+    with pytest.raises(HybridReasonError, match="canvas_side 8 needs max_grid_side <= 8"):
+        build_task("arc1", canvas_side=8, max_grid_side=10)
 
 
 # ---- determinism --------------------------------------------------------------------------------

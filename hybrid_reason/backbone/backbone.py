@@ -187,6 +187,12 @@ class Backbone(nn.Module):
             f"|weights={self._weights_stamp}"
         )
 
+    def keep_features_in(self, directory: str) -> None:
+        """Keep encoded features in ``directory`` too (a ``FeatureCache`` on disk, shared by every
+        process that names it); a LoRA backbone, whose features change as it trains, keeps none."""
+        if not self.has_lora:
+            self.cache = FeatureCache(directory=directory)
+
     def to(self, *args, **kwargs) -> Backbone:
         """``nn.Module.to``; with ``dtype: auto`` (and no quantization) the weights also take the new
         device's dtype (bfloat16 on CUDA, float32 elsewhere), cast before the move."""

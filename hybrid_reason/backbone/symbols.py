@@ -128,6 +128,9 @@ class SymbolBackbone(nn.Module):
         """What determines the features besides text and spans: the encoding itself."""
         return f"{NO_LLM}|onehot{SYMBOL_POSITIONS}x{ASCII}"
 
+    def keep_features_in(self, directory: str) -> None:
+        """Nothing: one-hot features cost less than reading them back."""
+
     def lora_parameters(self) -> list[nn.Parameter]:
         """None: there are no weights."""
         return []

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 
+from ..errors import HybridReasonError
 from ..tasks import task_from_spec
 from .hybrid import Evaluation, evaluate_model
 from .llm import BaselineResult, GenerationSettings, load_language_model, run_baseline
@@ -33,10 +34,12 @@ from .report import (
     EVALUATION_FILES,
     SFT_FILES,
     check_result_folder,
+    evaluation_files,
     sft_summary,
     summary_markdown,
     write_baseline,
     write_evaluation,
+    write_result_folder,
     write_sft,
 )
 from .runtime import default_device, quiet_transformers, torch_threads
@@ -44,6 +47,8 @@ from .sft import SFTResult, SFTSettings, run_sft
 from .suite import load_suite, with_threads
 from .suite_report import report_table
 from .systems import SystemReport, common_scores, run_suite
+from .trajectories import TRAJECTORY_NOISE
+from .trajectory_curve import trajectory_curve as trajectory_curve_of
 
 Split = Literal["train", "validation", "test", "eval", "evaluation"]
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -59,6 +64,10 @@ def evaluate(
     steps: PositiveInt | None = None,
     curve_steps: PositiveInt | None = None,
     batch_size: PositiveInt = 32,
+    trajectories: PositiveInt = 1,
+    trajectory_noise: NonNegativeFloat = TRAJECTORY_NOISE,
+    vote_weight: Literal["count", "halt"] = "count",
+    trajectory_curve: list[PositiveInt] | None = None,
     seed: int = 0,
     device: str | None = None,
     threads: PositiveInt | None = None,
@@ -80,8 +89,15 @@ def evaluate(
         augmentations: views per puzzle, voted (ARC: dihedral x colour permutation)
         steps: the supervision step whose answer is scored (default: N_sup)
         curve_steps: length of the test-time compute curve (default: 2 x steps)
-        batch_size: views per batch
-        seed: seeds the augmentations
+        batch_size: views x trajectories per batch (a batch encodes batch_size // trajectories views)
+        trajectories: parallel trajectories per view, all voted: the first from the model's initial
+            carry, the others from it plus seeded Gaussian noise (1 = the ordinary evaluation)
+        trajectory_noise: the noise's scale, in units of the initial carry's RMS
+        vote_weight: count (each answer one vote, mean halting confidence breaks ties) or halt (each
+            answer's vote weighted by its sigmoid(halt logit))
+        trajectory_curve: score M trajectories for each M of a list, e.g. [1,4,16], from one pass of
+            max(M) (replaces --trajectories); writes trajectories.md and trajectories.json
+        seed: seeds the augmentations and the trajectories' noise
         device: cpu or cuda (default: cuda when visible)
         threads: torch CPU threads (default: torch's)
         out: the result folder, replaced whole (default: MODEL/evaluation/TASK-SPLIT)
@@ -97,22 +113,29 @@ def evaluate(
     folder = check_result_folder(
         out or Path(model) / "evaluation" / f"{chosen.name}-{resolve_split(split)}", EVALUATION_FILES
     )
+    if trajectory_curve and trajectories not in (1, max(trajectory_curve)):
+        raise HybridReasonError(
+            f"--trajectories {trajectories}: --trajectory_curve runs max(M) = {max(trajectory_curve)} trajectories"
+        )
     with torch_threads(threads):
         net = load_model(model, device or default_device())
         rows = load_rows(chosen, split, limit, model_budget(net))
-        ev = evaluate_model(
-            net,
-            chosen,
-            rows,
-            split=resolve_split(split),
-            augmentations=augmentations,
-            steps=steps,
-            curve_steps=curve_steps,
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
+        options = dict(
+            split=resolve_split(split), augmentations=augmentations, steps=steps, curve_steps=curve_steps,
+            batch_size=batch_size, seed=seed, progress=progress, trajectory_noise=trajectory_noise,
+            vote_weight=vote_weight,
+        )  # fmt: skip
+        if trajectory_curve:
+            ev, curve = trajectory_curve_of(net, chosen, rows, trajectory_curve, **options)
+        else:
+            ev, curve = evaluate_model(net, chosen, rows, trajectories=trajectories, **options), None
+    if curve is None or not ev.scored:
+        write_evaluation(ev, folder, model, command)
+    else:  # the evaluation at max(M) and the curve, in one folder swapped in whole
+        write_result_folder(
+            folder, EVALUATION_FILES, lambda tmp: (evaluation_files(ev, tmp, model, command), curve.write(tmp))
         )
-    write_evaluation(ev, folder, model, command)
+        print(curve.markdown())
     print(summary_markdown(ev, model, command))
     print(f"hybrid-reason: wrote {folder}")
     return ev

@@ -7,7 +7,8 @@ have one view), each fitted to the backbone's context. Each view is encoded once
 run for max(steps, curve_steps) supervision steps. After every step each view's prediction is decoded
 with ``task.decode`` (which crops ARC's canvas and inverts the augmentation), and the views are voted
 and scored (``scoring``). The answer is read at ``steps`` (default N_sup); the curve reports every
-step 1..curve_steps.
+step 1..curve_steps. With ``trajectories`` M > 1 each view runs M carries from perturbed initial states
+(``trajectories``), and all views x trajectories vote together.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from .models import check_model_task, model_budget
 from .runtime import progress_bar
 from .scoring import (
     PuzzleResult,
+    VoteWeight,
     aggregate,
     attempt_counts,
     headline,
@@ -36,6 +39,7 @@ from .scoring import (
     score_candidates,
     vote,
 )
+from .trajectories import TRAJECTORY_NOISE, check_trajectories, spread, view_numbers
 
 
 # ============================================================================ views
@@ -82,6 +86,7 @@ class Trace:
     answers: list = field(default_factory=list)  # decoded answer per step (original frame)
     confidences: list[float] = field(default_factory=list)  # sigmoid(halt logit) per step
     halt_logits: list[float] = field(default_factory=list)
+    trajectory: int = 0  # which of its view's parallel trajectories (0: from the model's initial carry)
 
     def halt_step(self, k: int) -> int:
         """The step (1-based) where the view would stop when run for at most ``k`` steps."""
@@ -108,33 +113,42 @@ def predict_views(
     batch_size: int = 32,
     puzzle_ids: Sequence[int] | None = None,
     progress: bool = True,
+    trajectories: int = 1,
+    trajectory_noise: float = TRAJECTORY_NOISE,
+    seed: int = 0,
 ) -> tuple[list[Trace], list[int], Timing]:
-    """Run every view for ``steps`` supervision steps from the initial carry.
+    """Run every view for ``steps`` supervision steps from the initial carry, and with ``trajectories``
+    M > 1 also from M - 1 perturbed ones (``trajectories.spread``; a batch holds batch_size // M views).
 
-    Returns per view its Trace and prompt token count, and the Timing of the pass.
+    Returns the Traces (view-major: view j's trajectory t at j * M + t), per view its prompt token
+    count, and the Timing of the pass.
     """
     if batch_size < 1:
         raise HybridReasonError(f"batch_size must be >= 1, got {batch_size}")
     traces, tokens, timing = [], [], Timing(steps=[0.0] * steps)
     count = TokenCount(model.backbone.tokenizer)
     done_after = _puzzles_done_after(views.puzzle)
+    numbers, per_batch = view_numbers(views.puzzle), max(1, batch_size // trajectories)
     bar, bar_task = progress_bar("evaluate", len(set(views.puzzle)), progress)
     with bar, torch.no_grad():
-        for start in range(0, len(views.examples), batch_size):
-            batch = views.examples[start : start + batch_size]
+        for start in range(0, len(views.examples), per_batch):
+            batch = views.examples[start : start + per_batch]
             ids = (
                 None
                 if puzzle_ids is None
-                else torch.as_tensor(puzzle_ids[start : start + batch_size], device=model.device)
+                else torch.as_tensor(puzzle_ids[start : start + per_batch], device=model.device)
             )
-            traces += _run_batch(model, task, batch, steps, ids, timing)
+            keys = [(views.puzzle[j], numbers[j]) for j in range(start, start + len(batch))]
+            fan_out = partial(spread, keys=keys, trajectories=trajectories, noise=trajectory_noise, seed=seed)
+            traces += _run_batch(model, task, batch, steps, ids, timing, fan_out if trajectories > 1 else None)
             tokens += [count(ex.text) for ex in batch]
             bar.update(bar_task, completed=done_after[start + len(batch) - 1])
     return traces, tokens, timing
 
 
-def _run_batch(model, task, batch: list, steps: int, puzzle_ids, timing: Timing) -> list[Trace]:
-    """Encode one batch of views, iterate it, and decode every step's predictions."""
+def _run_batch(model, task, batch: list, steps: int, puzzle_ids, timing: Timing, fan_out=None) -> list[Trace]:
+    """Encode one batch of views, iterate it, and decode every step's predictions. ``fan_out`` (a
+    partial ``spread``) repeats each view's features for its trajectories and gives their carries."""
     t0 = time.perf_counter()
     encoded = model.encode(
         [ex.text for ex in batch], [ex.slot_spans for ex in batch], [ex.meta.get("id", "?") for ex in batch]
@@ -142,7 +156,13 @@ def _run_batch(model, task, batch: list, steps: int, puzzle_ids, timing: Timing)
     timing.encode += time.perf_counter() - t0
     traces = [Trace() for _ in batch]
     t0 = time.perf_counter()
-    for k, out in enumerate(model.iterate(encoded, steps, puzzle_ids)):
+    initial = {}
+    if fan_out is not None:
+        encoded, puzzle_ids, initial["initial"] = fan_out(model, encoded, puzzle_ids)
+        m = len(encoded) // len(batch)
+        traces = [Trace(trajectory=t) for _ in batch for t in range(m)]
+        batch = [ex for ex in batch for _ in range(m)]
+    for k, out in enumerate(model.iterate(encoded, steps, puzzle_ids, **initial)):
         preds = out.logits.argmax(-1).cpu().numpy()
         halts = out.halt_logits.float().cpu()
         for trace, pred, ex, h, c in zip(traces, preds, batch, halts.tolist(), torch.sigmoid(halts).tolist()):
@@ -169,14 +189,25 @@ def _puzzles_done_after(puzzle: list[int]) -> list[int]:
     return np.cumsum([j in ends for j in range(len(puzzle))], dtype=int).tolist()
 
 
-def score_puzzle(task, row: dict, traces: list[Trace], step: int, ks: Sequence[int], dropped: int = 0) -> PuzzleResult:
-    """Vote over a puzzle's views at ``step`` (1-based) and score attempts 1..k against the target."""
+def score_puzzle(
+    task,
+    row: dict,
+    traces: list[Trace],
+    step: int,
+    ks: Sequence[int],
+    dropped: int = 0,
+    vote_weight: VoteWeight = "count",
+) -> PuzzleResult:
+    """Vote over a puzzle's views (x trajectories) at ``step`` (1-based), each answer weighted as
+    ``vote_weight`` says, and score attempts 1..k against the target."""
     i = step - 1
     halts = [t.halt_step(step) for t in traces]
-    candidates = vote([t.answers[i] for t in traces], [t.confidences[i] for t in traces], halts)
+    candidates = vote([t.answers[i] for t in traces], [t.confidences[i] for t in traces], halts, vote_weight)
     halt = candidates[0].halt_step if candidates else float(np.mean(halts))
     at_halt = vote(
-        [t.answers[h - 1] for t, h in zip(traces, halts)], [t.confidences[h - 1] for t, h in zip(traces, halts)]
+        [t.answers[h - 1] for t, h in zip(traces, halts)],
+        [t.confidences[h - 1] for t, h in zip(traces, halts)],
+        weight=vote_weight,
     )
     return score_candidates(
         task, row, candidates, ks, views=len(traces), halt_step=halt, at_halt=at_halt, dropped_demonstrations=dropped
@@ -219,8 +250,12 @@ class Evaluation:
     trainable_params: int
     backbone_params: int  # frozen, as loaded (truncated at hidden_layer)
     backbone_flops: float  # summed over views
-    core_step_flops: float  # one supervision step, summed over views
+    core_step_flops: float  # one supervision step, summed over views x trajectories
     submission: dict | None = None  # ARC only
+    trajectories: int = 1  # parallel trajectories per view (``trajectories``)
+    trajectory_noise: float = TRAJECTORY_NOISE
+    vote_weight: str = "count"
+    traces: list[list[Trace]] | None = field(default=None, repr=False, compare=False)  # per puzzle
 
     @property
     def puzzles(self) -> int:
@@ -256,6 +291,8 @@ class Evaluation:
         return {
             "task": self.task, "split": self.split, "puzzles": self.puzzles, "groups": len({r.group for r in self.results}),
             "views": self.views, "augmentations": self.augmentations, "steps": self.steps, "n_sup": self.n_sup,
+            "trajectories": self.trajectories, "trajectory_noise": self.trajectory_noise,
+            "vote_weight": self.vote_weight, "view_trajectories": self.views * self.trajectories,
             "scored": self.scored, "metrics": self.metrics, "seconds_per_puzzle": self.seconds_per_puzzle(),
             "prompt_tokens_per_view": self.prompt_tokens / max(1, self.views),
             "prompt_tokens_per_puzzle_all_views": self.prompt_tokens / n,
@@ -279,12 +316,18 @@ def evaluate_model(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    trajectories: int = 1,
+    trajectory_noise: float = TRAJECTORY_NOISE,
+    vote_weight: VoteWeight = "count",
 ) -> Evaluation:
     """Evaluate ``model`` on ``rows`` of ``task`` in one pass (see the module docstring).
 
     steps: the supervision step whose answer is scored (default N_sup). curve_steps: how far the
-    test-time compute curve goes (default 2 x steps; it is at least ``steps``).
+    test-time compute curve goes (default 2 x steps; it is at least ``steps``). trajectories: carries
+    per view, the first the initial carry, the others it plus noise of ``trajectory_noise`` x its RMS
+    (``trajectories``). vote_weight: count (one vote per answer) or halt (sigmoid(halt logit) each).
     """
+    check_trajectories(trajectories, trajectory_noise)
     cfg = model.config
     check_model_task(cfg, task, getattr(model, "name_or_path", None) or "the model")
     for name, value in (("steps", steps), ("curve_steps", curve_steps)):
@@ -294,22 +337,24 @@ def evaluate_model(
     curve_steps = max(steps, curve_steps if curve_steps is not None else 2 * steps)
     views = render_views(task, rows, augmentations, seed, model_budget(model))
     traces, tokens, timing = predict_views(
-        model, task, views, curve_steps, batch_size, _puzzle_ids(model, task, rows, views), progress
-    )
+        model, task, views, curve_steps, batch_size, _puzzle_ids(model, task, rows, views), progress,
+        trajectories, trajectory_noise, seed,
+    )  # fmt: skip
     by_puzzle = views.by_puzzle(len(rows))
-    per_puzzle = [[traces[j] for j in idx] for idx in by_puzzle]
+    per_puzzle = [[traces[j * trajectories + t] for j in idx for t in range(trajectories)] for idx in by_puzzle]
     dropped = [ex.meta.get("dropped_demonstrations", 0) for ex in views.examples]
     ks = attempt_counts(task, max(map(len, per_puzzle), default=1))
     curve = []
     for k in range(1, curve_steps + 1):
         results = [
-            score_puzzle(task, rows[p], per_puzzle[p], k, ks, max(dropped[j] for j in by_puzzle[p]))
+            score_puzzle(task, rows[p], per_puzzle[p], k, ks, max(dropped[j] for j in by_puzzle[p]), vote_weight)
             for p in range(len(rows))
         ]
         curve.append({"step": k} | aggregate(results, ks))
         if k == steps:
             final = results
     backbone = model.backbone
+    backbone_flops, core_step_flops = view_flops(model, tokens)
     ev = Evaluation(
         task.name,
         split,
@@ -327,7 +372,12 @@ def evaluate_model(
         sum(dropped),
         sum(p.numel() for p in model.parameters()),
         sum(p.numel() for p in backbone.parameters()),
-        *view_flops(model, tokens),
+        backbone_flops,
+        trajectories * core_step_flops,  # the backbone ran once per view, the core per trajectory
+        trajectories=trajectories,
+        trajectory_noise=trajectory_noise,
+        vote_weight=vote_weight,
+        traces=per_puzzle,
     )
     if is_arc(task):
         ev.submission = kaggle_submission(final)

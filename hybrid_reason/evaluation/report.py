@@ -18,7 +18,10 @@ from pathlib import Path
 from ..errors import HybridReasonError
 from ..utils.atomic_io import atomic_write, save_figure, write_csv, write_dir_atomically, write_json
 
-EVALUATION_FILES = ("metrics.json", "curve.csv", "curve.png", "per_task.csv", "submission.json", "summary.md")
+EVALUATION_FILES = (
+    "metrics.json", "curve.csv", "curve.png", "per_task.csv", "submission.json", "summary.md",
+    "trajectories.md", "trajectories.json",  # with --trajectory_curve
+)  # fmt: skip
 BASELINE_FILES = ("metrics.json", "per_task.csv", "replies.jsonl")
 SFT_FILES = (*BASELINE_FILES, "summary.md", "adapter")
 
@@ -158,6 +161,11 @@ def summary_markdown(ev, model_name: str, command: str) -> str:
         f"- puzzles: {ev.puzzles} in {len({r.group for r in ev.results})} groups, {ev.views} views "
         f"({ev.augmentations} augmentations asked), answer read at step {ev.steps} (N_sup = {ev.n_sup})",
     ]
+    if ev.trajectories > 1 or ev.vote_weight != "count":
+        lines.append(
+            f"- {ev.trajectories} trajectories per view (noise {ev.trajectory_noise:g}): {ev.views * ev.trajectories} "
+            f"answers voted, each weighted by {ev.vote_weight}"
+        )
     if ev.dropped_demonstrations:
         lines.append(
             f"- {ev.prompts_with_dropped_demonstrations} of {ev.views} prompts lost demonstrations to the "

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,11 +128,18 @@ def hybrid_reason(args: list[str], log: Path, who: str, running: set | None = No
 
 
 def train_seed(
-    recipe: str, overrides: list[str], seed: int, root: str | Path, who: str, running: set | None = None
+    recipe: str,
+    overrides: list[str],
+    seed: int,
+    root: str | Path,
+    who: str,
+    running: set | None = None,
+    extra: Sequence[str] = (),
 ) -> TrainedRun:
     """The model of ``recipe`` + ``overrides`` trained with ``seed``: from the cache when its run folder
     holds one, else trained and exported now (``fit`` then ``export``, in child processes listed in
-    ``running`` while they run)."""
+    ``running`` while they run). ``extra`` fit flags change how it runs, not what it trains (the
+    feature cache folder): they are not part of the run folder's key."""
     if not Path(recipe).is_file():
         raise HybridReasonError(f"{who}: recipe {recipe!r}: no such file")
     flags = override_flags(overrides, who)
@@ -141,7 +149,17 @@ def train_seed(
         print(f"hybrid-reason compare: {who}: found {model} (trained before; delete {run} to retrain)", file=sys.stderr)
         return TrainedRun(str(model), seed, True, json.loads(record.read_text(encoding="utf-8")))
     run.mkdir(parents=True, exist_ok=True)
-    fit = ["fit", "--config", recipe, *flags, "--seed_everything", str(seed), "--trainer.default_root_dir", str(run)]
+    fit = [
+        "fit",
+        "--config",
+        recipe,
+        *flags,
+        *extra,
+        "--seed_everything",
+        str(seed),
+        "--trainer.default_root_dir",
+        str(run),
+    ]
     print(
         f"hybrid-reason compare: {who}: training ({shlex.join(['hybrid-reason', *fit])}; log {run / LOG})",
         file=sys.stderr,
@@ -178,8 +196,10 @@ class BackgroundTraining:
     them. ``slots`` processes may be busy at once: the training runs (child processes) and, with
     ``reserve``, the suite's own evaluation, which holds one slot until ``handover()``."""
 
-    def __init__(self, jobs: dict[Any, Job], root: str | Path, slots: int, reserve: bool = False):
-        self.jobs, self.root, self.running = jobs, root, set()
+    def __init__(
+        self, jobs: dict[Any, Job], root: str | Path, slots: int, reserve: bool = False, extra: Sequence[str] = ()
+    ):
+        self.jobs, self.root, self.running, self.extra = jobs, root, set(), tuple(extra)
         self.slots = threading.BoundedSemaphore(slots)
         self.reserved = reserve and bool(jobs)
         if self.reserved:
@@ -194,7 +214,7 @@ class BackgroundTraining:
     def _train(self, job: Job, who: str) -> TrainedRun:
         """One run, in a slot."""
         with self.slots:
-            return train_seed(job[0], list(job[1]), job[2], self.root, who, self.running)
+            return train_seed(job[0], list(job[1]), job[2], self.root, who, self.running, self.extra)
 
     def handover(self) -> None:
         """Give the evaluation's slot to the training runs (once)."""

@@ -6,7 +6,8 @@ their answers with ``vote``, score the ranked candidates with ``score_candidates
 ``aggregate``.
 
 - Voting (TRM): identical answers are grouped; empty answers (None, a failed crop) never vote; groups
-  rank by (votes, mean confidence), first seen first on a full tie. Attempt k is the k-th group.
+  rank by (votes, mean confidence), first seen first on a full tie. Attempt k is the k-th group. With
+  ``weight="halt"`` each answer's vote counts its confidence sigmoid(halt logit) instead of 1.
 - ARC Prize: a test input is solved when one of its first k attempts equals the target exactly (shape
   included); a task scores the fraction of its test inputs solved; the benchmark is the mean over
   tasks. Non-ARC rows are their own task, so this is plain exact accuracy there.
@@ -18,7 +19,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,15 +52,26 @@ class Candidate:
     votes: int
     confidence: float  # mean sigmoid(halt logit) of its views (0 for LLM replies)
     halt_step: float  # mean halting step of its views (0 for LLM replies)
+    weight: float = 0.0  # what it was ranked by: its votes (count) or its summed confidence (halt)
+
+
+VoteWeight = Literal["count", "halt"]
 
 
 def vote(
-    answers: Sequence[Any], confidences: Sequence[float] | None = None, halt_steps: Sequence[float] | None = None
+    answers: Sequence[Any],
+    confidences: Sequence[float] | None = None,
+    halt_steps: Sequence[float] | None = None,
+    weight: VoteWeight = "count",
 ) -> list[Candidate]:
-    """Group identical answers and rank them by (votes, mean confidence), best first.
+    """Group identical answers and rank them, best first.
 
-    Empty answers (None, ``[]``) never vote. Ties on both keys keep the order of first appearance.
+    ``weight="count"`` (TRM): by (votes, mean confidence). ``weight="halt"``: by the summed confidences
+    sigmoid(halt logit) of the answers that gave it, then votes. Empty answers (None, ``[]``) never
+    vote. Ties on both keys keep the order of first appearance.
     """
+    if weight not in ("count", "halt"):
+        raise ValueError(f"vote weight must be 'count' or 'halt', got {weight!r}")
     confidences = confidences if confidences is not None else [0.0] * len(answers)
     halt_steps = halt_steps if halt_steps is not None else [0.0] * len(answers)
     groups: dict[Any, list[int]] = {}
@@ -72,9 +84,12 @@ def vote(
             len(idx),
             float(np.mean([confidences[i] for i in idx])),
             float(np.mean([halt_steps[i] for i in idx])),
+            float(len(idx) if weight == "count" else sum(confidences[i] for i in idx)),
         )
         for idx in groups.values()
     ]
+    if weight == "halt":
+        return sorted(candidates, key=lambda c: (-c.weight, -c.votes))
     return sorted(candidates, key=lambda c: (-c.votes, -c.confidence))  # stable: first seen wins ties
 
 
@@ -210,6 +225,7 @@ __all__ = [
     "EMPTY_ATTEMPT",
     "Candidate",
     "PuzzleResult",
+    "VoteWeight",
     "aggregate",
     "attempt_counts",
     "freeze",

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ArgumentError, ArgumentParser
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 
 from ..errors import HybridReasonError
 from .llm import GenerationSettings
 from .sft import SFTSettings
+from .trajectories import TRAJECTORY_NOISE
 
 Split = Literal["train", "validation", "test", "eval", "evaluation"]
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -56,7 +57,11 @@ class HybridEntry:
         steps: the supervision step whose answer is scored (default: N_sup)
         curve_steps: length of the test-time compute curve (default: 2 x steps)
         augmentations: voted views per puzzle
-        batch_size: views per batch
+        batch_size: views x trajectories per batch
+        trajectories: parallel trajectories per view, voted together (the same trained model: a
+            "hybrid, 16 trajectories" entry with the same recipe and overrides reuses its runs)
+        trajectory_noise: the noise on trajectories 1..M-1's initial carry, in units of its RMS
+        vote_weight: count (one vote per answer) or halt (each weighted by sigmoid(halt logit))
     """
 
     name: str
@@ -69,6 +74,9 @@ class HybridEntry:
     curve_steps: PositiveInt | None = None
     augmentations: PositiveInt = 1
     batch_size: PositiveInt = 32
+    trajectories: PositiveInt = 1
+    trajectory_noise: NonNegativeFloat = TRAJECTORY_NOISE
+    vote_weight: Literal["count", "halt"] = "count"
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.recipe is None):
@@ -157,6 +165,8 @@ class Suite:
         seeds: train every trained system (recipe, sft) once per seed; the report shows mean ± std
         runs: where recipe systems train, one folder per recipe, overrides and seed, reused when it
             holds a model (default: runs/suites/NAME)
+        feature_cache: recipe runs keep the frozen backbone's features in RUNS/features, so every seed
+            and system encodes each training text once (with a recipe's ``data.augmentations`` pool)
         jobs: processes busy at once: recipe runs (child processes, a recipe's torch_threads each),
             and this one while it evaluates, during training, systems that need none of the runs
         device: where the systems run (default: cuda when visible)
@@ -173,6 +183,7 @@ class Suite:
     seed: int = 0
     seeds: list[int] | None = None
     runs: str | None = None
+    feature_cache: bool = True
     jobs: PositiveInt = 1
     device: str | None = None
     threads: PositiveInt | None = None
@@ -195,9 +206,8 @@ def _type_name(hint: Any) -> str:
         return "one of " + ", ".join(map(str, args))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
-    return {type(None): "null", PositiveInt: "int > 0", PositiveFloat: "float > 0"}.get(hint) or getattr(
-        hint, "__name__", str(hint)
-    )
+    names = {type(None): "null", PositiveInt: "int > 0", PositiveFloat: "float > 0", NonNegativeFloat: "float >= 0"}
+    return names.get(hint) or getattr(hint, "__name__", str(hint))
 
 
 def _field_names(cls: type) -> list[str]:

@@ -101,7 +101,8 @@ class Runner:
             if isinstance(entry, HybridEntry) and entry.recipe is not None
             for seed in self.seeds
         }
-        return BackgroundTraining(jobs, self.runs, self.suite.jobs, reserve)
+        extra = ["--model.feature_cache_dir", str(self.runs / "features")] if self.suite.feature_cache else []
+        return BackgroundTraining(jobs, self.runs, self.suite.jobs, reserve, extra)
 
     def waits_for_training(self, entry: Entry) -> bool:
         """Whether ``entry`` can only run once the recipe systems are trained: it is one, or it takes the
@@ -199,6 +200,9 @@ class Runner:
             batch_size=entry.batch_size,
             seed=self.suite.seed,
             progress=self.progress,
+            trajectories=entry.trajectories,
+            trajectory_noise=entry.trajectory_noise,
+            vote_weight=entry.vote_weight,
         )
         s = ev.summary()
         run = self.trained.get((entry.name, seed))

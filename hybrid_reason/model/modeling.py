@@ -301,11 +301,16 @@ class HybridReasoner(PreTrainedModel):
 
     @torch.no_grad()
     def iterate(
-        self, encoded: Encoded, steps: int | None = None, puzzle_ids: Tensor | None = None
+        self,
+        encoded: Encoded,
+        steps: int | None = None,
+        puzzle_ids: Tensor | None = None,
+        initial: Carry | None = None,
     ) -> Iterator[HybridReasonerOutput]:
-        """Run ``steps`` supervision steps (default N_sup) from the initial carry, yielding each step's
-        output: evaluation runs them all, and accuracy against step is the test-time compute curve."""
-        carry = None
+        """Run ``steps`` supervision steps (default N_sup) from ``initial`` (default: the initial carry),
+        yielding each step's output: evaluation runs them all, and accuracy against step is the
+        test-time compute curve. A perturbed ``initial`` [B, S', d] starts parallel trajectories."""
+        carry = initial
         for _ in range(steps or self.config.halt_max_steps):
             out = self.forward(encoded=encoded, carry=carry, puzzle_ids=puzzle_ids)
             carry = out.carry

@@ -1,4 +1,5 @@
-"""ARC-AGI-1 and ARC-AGI-2: demonstrations in context, the test output predicted on a 30x30 canvas.
+"""ARC-AGI-1 and ARC-AGI-2: demonstrations in context, the test output predicted on a 30x30 canvas
+(smaller with ``canvas_side``, for tasks whose grids are all small).
 
 Text (each grid as rows of digits, one digit per cell, no separators: one token per cell for the
 Qwen2.5 and SmolLM2 tokenizers)::
@@ -121,8 +122,13 @@ class ArcTask(Task):
             (``budget_stats``).
         demo_slots: the demonstration grids also become slots of the core's sequence, after the canvas:
             ``max_demos`` pairs of ``demo_side x demo_side`` blocks (``arc_layout``), so ``num_slots`` is
-            900 + max_demos * 2 * demo_side^2. A query with more than ``max_demos`` demonstrations, or a
-            demonstration grid larger than ``demo_side``, is an error at load time naming the task.
+            canvas_side^2 + max_demos * 2 * demo_side^2. A query with more than ``max_demos``
+            demonstrations, or a demonstration grid larger than ``demo_side``, is an error at load time
+            naming the task.
+        canvas_side: the answer canvas is canvas_side x canvas_side (default 30, ARC's largest grid).
+            A smaller canvas needs ``max_grid_side`` <= canvas_side, so that every grid fits; it cuts
+            the core's sequence (10: 100 canvas slots instead of 900), and a model trained on it reads
+            only tasks of that size.
     """
 
     name: ClassVar[str] = "arc1"
@@ -137,6 +143,7 @@ class ArcTask(Task):
     demo_slots: bool = False
     demo_side: int = 10
     max_demos: int = 4
+    canvas_side: int = CANVAS
     _tasks: tuple | None = field(default=None, init=False, repr=False, compare=False)
     _demos_checked: set = field(default_factory=set, init=False, repr=False, compare=False)
 
@@ -151,11 +158,20 @@ class ArcTask(Task):
             raise HybridReasonError(f"{self.name}: max_grid_side must be in 1..{MAX_SIDE}, got {self.max_grid_side}")
         if isinstance(self.task_ids, list):
             read_task_ids(self.task_ids)  # checks the list now; a file is read when the tasks load
-        for option, low, high in (("demo_side", 1, MAX_SIDE), ("max_demos", 1, None)):
+        for option, low, high in (("demo_side", 1, MAX_SIDE), ("max_demos", 1, None), ("canvas_side", 1, MAX_SIDE)):
             value = getattr(self, option)
             if value < low or (high is not None and value > high):
                 bounds = f"in {low}..{high}" if high is not None else f">= {low}"
                 raise HybridReasonError(f"{self.name}: {option} must be {bounds}, got {value}")
+        self._check_canvas()
+
+    def _check_canvas(self) -> None:
+        """A canvas smaller than ARC's largest grid needs ``max_grid_side`` to keep every grid on it."""
+        if self.canvas_side < MAX_SIDE and (self.max_grid_side is None or self.max_grid_side > self.canvas_side):
+            raise HybridReasonError(
+                f"{self.name}: canvas_side {self.canvas_side} needs max_grid_side <= {self.canvas_side} (got "
+                f"{self.max_grid_side}), so that every grid fits on the canvas"
+            )
 
     # ---- vocabulary and data --------------------------------------------------------------------
     @property
@@ -165,8 +181,8 @@ class ArcTask(Task):
 
     @property
     def num_slots(self) -> int:
-        """The 30x30 canvas (then the demonstration slots, with ``demo_slots``)."""
-        return CANVAS * CANVAS + (demo_slot_count(self.max_demos, self.demo_side) if self.demo_slots else 0)
+        """The canvas (then the demonstration slots, with ``demo_slots``)."""
+        return self.canvas_side**2 + (demo_slot_count(self.max_demos, self.demo_side) if self.demo_slots else 0)
 
     def _loaded(self, split: str, budget: PromptBudget | None) -> tuple[Dataset, list]:
         """``Task._loaded``; with ``demo_slots``, every row of the split is checked once to fit them."""
@@ -251,8 +267,8 @@ class ArcTask(Task):
             check_demo_fit(row["task_id"], row["id"], demos, self.max_demos, self.demo_side)
         prompt, shown = self._fit_text(row, demos, test_in, budget)
         offset = self._offset(aug, test_in, test_out)
-        spans = canvas_spans(prompt.query_start, test_in.shape, offset)
-        labels = canvas_labels(test_out, offset)
+        spans = canvas_spans(prompt.query_start, test_in.shape, offset, self.canvas_side)
+        labels = canvas_labels(test_out, offset, self.canvas_side)
         if self.demo_slots:
             spans += demo_spans(demos, shown, prompt.demo_starts, self.max_demos, self.demo_side)
             labels += [IGNORE] * (self.num_slots - len(labels))
@@ -343,13 +359,12 @@ class ArcTask(Task):
             return stats
         return {key: sum(counts[key] for counts in stats.values()) for key in BUDGET_STATS}
 
-    @staticmethod
-    def _offset(aug: ArcAugmentation, test_in: np.ndarray, test_out: np.ndarray | None) -> tuple[int, int]:
+    def _offset(self, aug: ArcAugmentation, test_in: np.ndarray, test_out: np.ndarray | None) -> tuple[int, int]:
         """Canvas position of the query: (0, 0), or the shift scaled to the room the grids leave."""
         if aug.shift is None:
             return (0, 0)
         shapes = [test_in.shape] + ([] if test_out is None else [test_out.shape])
-        room = [CANVAS - max(s[axis] for s in shapes) for axis in (0, 1)]
+        room = [self.canvas_side - max(s[axis] for s in shapes) for axis in (0, 1)]
         return tuple(int(u * (r + 1)) for u, r in zip(aug.shift, room))
 
     # ---- answers --------------------------------------------------------------------------------
@@ -359,7 +374,7 @@ class ArcTask(Task):
         ids = np.asarray(pred_ids).reshape(-1)
         if ids.size != self.num_slots:
             raise ValueError(f"{self.name}: decode needs {self.num_slots} slot predictions, got {ids.size}")
-        ids = ids[: CANVAS * CANVAS].reshape(CANVAS, CANVAS)
+        ids = ids[: self.canvas_side**2].reshape(self.canvas_side, self.canvas_side)
         r, c = meta.get("offset", (0, 0))
         grid = crop_canvas(ids[r:, c:])
         if grid.size == 0:

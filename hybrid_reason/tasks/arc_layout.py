@@ -1,8 +1,9 @@
-"""Where ARC's text and slots put each cell: the prompt, the 30x30 answer canvas, the demonstration slots.
+"""Where ARC's text and slots put each cell: the prompt, the answer canvas, the demonstration slots.
 
 Slots, in order:
 
-* the canvas: 30x30, row-major. Slot (r + i, c + j) reads the character of test-input cell (i, j),
+* the canvas: ``side x side`` (30x30, ARC's largest grid, unless the task's ``canvas_side`` is smaller),
+  row-major. Slot (r + i, c + j) reads the character of test-input cell (i, j),
   where (r, c) is the canvas offset; other canvas slots read nothing. Labels: the output colours, an
   EOS frame on the row below and the column right of the output (no corner, as TRM), IGNORE elsewhere.
 * with ``demo_slots``, then ``max_demos`` pairs of ``side x side`` blocks: block 2k holds demonstration
@@ -61,27 +62,28 @@ def build_prompt(demos: list[Pair], test_in: np.ndarray) -> Prompt:
     return Prompt(head + digits_text(test_in) + "\nOutput:\n", len(head), tuple(starts))
 
 
-def canvas_spans(start: int, shape: tuple[int, int], offset: tuple[int, int]) -> list[Span]:
-    """Canvas slot -> span of the test-input cell it reads (None outside the input)."""
+def canvas_spans(start: int, shape: tuple[int, int], offset: tuple[int, int], side: int = CANVAS) -> list[Span]:
+    """Canvas slot (of a ``side x side`` canvas) -> span of the test-input cell it reads (None outside the input)."""
     h, w = shape
     r, c = offset
-    spans: list[Span] = [None] * (CANVAS * CANVAS)
+    spans: list[Span] = [None] * (side * side)
     for i in range(h):
         base = start + i * (w + 1)
-        row0 = (r + i) * CANVAS + c
+        row0 = (r + i) * side + c
         spans[row0 : row0 + w] = [(base + j, base + j + 1) for j in range(w)]
     return spans
 
 
-def canvas_labels(test_out: np.ndarray | None, offset: tuple[int, int]) -> list[int]:
-    """Canvas labels: output colours, the EOS frame right of and below the output, IGNORE elsewhere."""
-    canvas = np.full((CANVAS, CANVAS), IGNORE, dtype=np.int64)
+def canvas_labels(test_out: np.ndarray | None, offset: tuple[int, int], side: int = CANVAS) -> list[int]:
+    """Canvas labels (``side x side``): output colours, the EOS frame right of and below the output,
+    IGNORE elsewhere."""
+    canvas = np.full((side, side), IGNORE, dtype=np.int64)
     if test_out is not None:
         (r, c), (h, w) = offset, test_out.shape
         canvas[r : r + h, c : c + w] = test_out.astype(np.int64) + COLOUR0
-        if r + h < CANVAS:
+        if r + h < side:
             canvas[r + h, c : c + w] = EOS
-        if c + w < CANVAS:
+        if c + w < side:
             canvas[r : r + h, c + w] = EOS
     return canvas.reshape(-1).tolist()
 

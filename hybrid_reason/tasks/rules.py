@@ -67,6 +67,7 @@ class RuleConfig:
     max_demos: int = 4
     min_primitives: int = 1
     max_primitives: int = 3
+    max_out: int = MAX_OUT  # the canvas side: no output may be larger
 
 
 def task_id(family: str, index: int) -> str:
@@ -95,7 +96,7 @@ def _draw_rule(rng: np.random.Generator, seed: int, family: str, config: RuleCon
     if not styles:
         return None
     rule = Rule(steps, styles[int(rng.integers(len(styles)))], palette)
-    return rule if rule.growth() * config.min_side <= MAX_OUT else None
+    return rule if rule.growth() * config.min_side <= config.max_out else None
 
 
 @lru_cache(maxsize=8192)
@@ -172,7 +173,7 @@ def make_task(
 ) -> dict | None:
     """An inferable ARC task of ``rule``: ``{"train": demonstrations, "test": queries}``, pairs as
     ``{"input", "output"}`` lists; queries' inputs from ``bucket``. None after ``attempts`` failures."""
-    sides = (config.min_side, min(config.max_side, MAX_OUT // rule.growth()))
+    sides = (config.min_side, min(config.max_side, config.max_out // rule.growth()))
     for _ in range(attempts):
         seen: set = set()
         demos = [
@@ -251,11 +252,12 @@ def generate_rows(
     max_demos: int,
     min_primitives: int,
     max_primitives: int,
+    max_out: int,
     version: str,
 ) -> Iterator[dict]:
     """Yield the rows of ``parts`` ("train", "trm", "seen", "unseen", joined by "+"), rule by rule.
     Every option is an argument, so ``Dataset.from_generator``'s cache keys on all of them."""
-    config = RuleConfig(min_side, max_side, min_demos, max_demos, min_primitives, max_primitives)
+    config = RuleConfig(min_side, max_side, min_demos, max_demos, min_primitives, max_primitives, max_out)
     counts = {
         "train": (num_train_rules, train_examples),
         "seen": (num_train_rules, test_examples),
@@ -288,6 +290,9 @@ class RulesTask(ArcTask):
             ``trm_protocol`` (evaluation demonstrations too, each held out).
         translate: random canvas translation for training augmentations (as ``arc1``).
         on_too_long: a query that cannot fit the prompt budget is an "error" or is "skip"ped (as ``arc1``).
+        canvas_side: the answer canvas (as ``arc1``'s), at least ``max_side``; rules whose outputs could
+            outgrow it (scale, tile) get smaller inputs or are not drawn. 30 (the default) keeps every
+            rule and task id of the full canvas; a smaller canvas draws a different set of rules.
     """
 
     name: ClassVar[str] = "rules"
@@ -337,6 +342,13 @@ class RulesTask(ArcTask):
                 )
         super().__post_init__()
 
+    def _check_canvas(self) -> None:
+        """Every input fits on the canvas (outputs are kept on it by construction)."""
+        if self.max_side > self.canvas_side:
+            raise HybridReasonError(
+                f"rules: option 'canvas_side' ({self.canvas_side}) must be at least 'max_side' ({self.max_side})"
+            )
+
     @property
     def splits(self) -> tuple[str, ...]:
         """train, trm_protocol, test_seen, test_unseen, and test / validation (aliases of test_unseen)."""
@@ -346,7 +358,13 @@ class RulesTask(ArcTask):
     def config(self) -> RuleConfig:
         """The options that shape rules and tasks."""
         return RuleConfig(
-            self.min_side, self.max_side, self.min_demos, self.max_demos, self.min_primitives, self.max_primitives
+            self.min_side,
+            self.max_side,
+            self.min_demos,
+            self.max_demos,
+            self.min_primitives,
+            self.max_primitives,
+            self.canvas_side,
         )
 
     def rule(self, family: str, index: int) -> Rule:
@@ -399,6 +417,7 @@ class RulesTask(ArcTask):
                 max_demos=self.max_demos,
                 min_primitives=self.min_primitives,
                 max_primitives=self.max_primitives,
+                max_out=self.canvas_side,
                 version=GENERATOR_VERSION,
             )
             self._parts[part] = Dataset.from_generator(generate_rows, gen_kwargs=kwargs, features=ARC_FEATURES)

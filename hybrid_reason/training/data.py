@@ -4,6 +4,10 @@ Training reads an endless, deterministic stream. Example ``i`` of the stream is
 
     row  = perm_e[i mod n]            perm_e: the permutation of epoch e = i // n, fixed by (seed, e)
     aug  = task.sample_augmentation(default_rng([seed, 1, i]), train=True)   (the task's options decide)
+           or, with a pool of K augmentations per row (``augmentations: K``, TRM's fixed augmented
+           dataset), pool entry k = default_rng([seed, 1, i]).integers(K) of the row, drawn from
+           default_rng([3, row, k]): the pool does not depend on the seed, so every seed and every
+           system trained on the task sees the same K texts per row (and a feature cache on disk serves them)
     ex   = task.render(rows[row], aug, budget=budget)     (budget: the backbone's PromptBudget, if any)
 
 and batch ``b`` of rank ``r`` (of ``world`` ranks) holds the examples ``(b * world + r) * B + k`` for
@@ -36,8 +40,8 @@ from ..tasks import Task, task_from_spec
 from ..tasks.base import PromptBudget, Rendered
 from ..tasks.keys import puzzle_key, puzzle_vocabulary
 
-# Seed streams: permutations, training augmentations and evaluation augmentations never share draws.
-_PERM, _TRAIN_AUG, _EVAL_AUG = 0, 1, 2
+# Seed streams: permutations, training augmentations, evaluation augmentations and the pool never share draws.
+_PERM, _TRAIN_AUG, _EVAL_AUG, _POOL = 0, 1, 2, 3
 
 
 class Batch(NamedTuple):
@@ -82,10 +86,12 @@ class TrainStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         budget: PromptBudget | None = None,
+        augmentations: int | None = None,
     ):
         if len(rows) == 0:
             raise ValueError(f"task {task.name!r}: the training split is empty")
         self.task, self.rows, self.batch_size, self.seed, self.budget = task, rows, batch_size, seed, budget
+        self.augmentations = augmentations
         self.puzzles = puzzles or {}
         self.rank, self.world_size = rank, world_size
         self.start_batch = 0
@@ -100,8 +106,11 @@ class TrainStream(IterableDataset):
 
     def example(self, i: int) -> tuple[Rendered, int]:
         """Stream example ``i``, rendered, and its puzzle ID."""
-        row = self.rows[self.row_index(i)]
-        aug = self.task.sample_augmentation(np.random.default_rng([self.seed, _TRAIN_AUG, i]), True)
+        r = self.row_index(i)
+        row, rng = self.rows[r], np.random.default_rng([self.seed, _TRAIN_AUG, i])
+        if self.augmentations is not None:
+            rng = np.random.default_rng([_POOL, r, int(rng.integers(self.augmentations))])
+        aug = self.task.sample_augmentation(rng, True)
         return self.task.render(row, aug, budget=self.budget), self.puzzles.get(puzzle_key(row), 0)
 
     def batch_indices(self, b: int) -> list[int]:
@@ -188,6 +197,9 @@ class TaskDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes rendering batches (None: ``default_num_workers()``,
             min(4, cores - 1)).
         seed: fixes the epoch permutations and augmentations of the stream.
+        augmentations: draw each training example's augmentation from a fixed pool of this many per row,
+            the same for every seed (TRM trains on a fixed augmented dataset; a pool also lets
+            ``model.feature_cache_dir`` serve repeated texts); None: a fresh draw per example.
         eval_augment: render evaluation rows under a fixed random augmentation instead of none.
         val_split / test_split: the task splits used by validate / test.
         val_limit / test_limit: evaluate on the first rows only (None: all).
@@ -208,10 +220,16 @@ class TaskDataModule(pl.LightningDataModule):
         val_limit: int | None = None,
         test_limit: int | None = None,
         puzzle_ids: bool = False,
+        augmentations: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if augmentations is not None and augmentations < 1:
+            raise ValueError(
+                f"data.augmentations must be >= 1 (or null: a fresh draw per example), got {augmentations}"
+            )
+        self.augmentations = augmentations
         if num_workers is not None and num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0 (or null: as many as the machine has), got {num_workers}")
         self.task = task_from_spec(task)
@@ -260,7 +278,15 @@ class TaskDataModule(pl.LightningDataModule):
         """The training stream of this rank."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return TrainStream(
-            self.task, self.rows("train"), self.batch_size, self.seed, self.puzzles, rank, world, self.prompt_budget
+            self.task,
+            self.rows("train"),
+            self.batch_size,
+            self.seed,
+            self.puzzles,
+            rank,
+            world,
+            self.prompt_budget,
+            self.augmentations,
         )
 
     def train_dataloader(self) -> StreamLoader:

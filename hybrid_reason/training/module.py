@@ -84,6 +84,9 @@ class HybridReasonerModule(pl.LightningModule):
         optimizer / lr_scheduler: callables building them from param groups / the optimizer.
         init_from: a saved HybridReasoner folder to start from (its task and shapes must match).
         seed: seeds the exploration draws. save_carry: keep the carry in checkpoints (exact resume).
+        feature_cache_dir: keep the frozen backbone's features in this folder too (safetensors keyed by
+            backbone, layer, text and spans), shared by every run that names it: a suite's seeds and
+            systems encode each text once. Not part of the model; a LoRA backbone has no cache.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class HybridReasonerModule(pl.LightningModule):
         init_from: str | None = None,
         seed: int = 0,
         save_carry: bool = True,
+        feature_cache_dir: str | None = None,
     ):
         super().__init__()
         objects = {"backbone": backbone, "core": core, "optimizer": optimizer, "lr_scheduler": lr_scheduler}
@@ -125,6 +129,8 @@ class HybridReasonerModule(pl.LightningModule):
         self.model = HybridReasoner(config)
         if init_from is not None:
             load_pretrained_weights(self.model, init_from)
+        if feature_cache_dir is not None:
+            self.model.backbone.keep_features_in(feature_cache_dir)
         self.num_puzzle_ids, self.eval_steps, self.seed, self.save_carry = num_puzzle_ids, eval_steps, seed, save_carry
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.puzzle_lr, self.puzzle_weight_decay = puzzle_lr, puzzle_weight_decay
