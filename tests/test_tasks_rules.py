@@ -196,7 +196,9 @@ def test_a_small_canvas_keeps_every_grid_on_it_and_round_trips():
     rng = np.random.default_rng(1)
     for split in ("train", "test_unseen", "trm_protocol"):
         for row in small.load(split):
-            pairs = [(d["input"], d["output"]) for d in row["demonstrations"]] + [(row["test_input"], row["test_output"])]
+            pairs = [(d["input"], d["output"]) for d in row["demonstrations"]] + [
+                (row["test_input"], row["test_output"])
+            ]
             assert max(max(len(g), len(g[0])) for pair in pairs for g in pair) <= 8, row["id"]
             aug = small.sample_augmentation(rng, True)
             ex = small.render(row, aug)

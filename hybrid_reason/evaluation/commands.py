@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
-from jsonargparse.typing import NonNegativeFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ..errors import HybridReasonError
 from ..tasks import task_from_spec
@@ -49,8 +49,9 @@ from .suite_report import report_table
 from .systems import SystemReport, common_scores, run_suite
 from .trajectories import TRAJECTORY_NOISE
 from .trajectory_curve import trajectory_curve as trajectory_curve_of
+from .ttt import TTTParams, TTTSettings
 
-Split = Literal["train", "validation", "test", "eval", "evaluation"]
+Split = str  # a split of the task (train, validation, test; rules: test_seen, test_unseen, ...); eval = test
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
@@ -68,6 +69,11 @@ def evaluate(
     trajectory_noise: NonNegativeFloat = TRAJECTORY_NOISE,
     vote_weight: Literal["count", "halt"] = "count",
     trajectory_curve: list[PositiveInt] | None = None,
+    ttt_steps: NonNegativeInt = 0,
+    ttt_params: TTTParams = "all",
+    ttt_lr: PositiveFloat | None = None,
+    ttt_lora_rank: PositiveInt = 8,
+    ttt_batch_size: PositiveInt = 8,
     seed: int = 0,
     device: str | None = None,
     threads: PositiveInt | None = None,
@@ -84,7 +90,7 @@ def evaluate(
         model: a saved HybridReasoner folder (hybrid-reason export, save_pretrained)
         task: task name (default: the one the model was trained on, with its options)
         option: task options over the model's: --option.KEY VALUE (repeatable) or --option '{KEY: VALUE}'
-        split: train, validation or test; eval = test (ARC's evaluation tasks)
+        split: a split of the task: train, validation, test (rules: also test_seen, test_unseen); eval = test
         limit: only the first N puzzles (ARC: tasks)
         augmentations: views per puzzle, voted (ARC: dihedral x colour permutation)
         steps: the supervision step whose answer is scored (default: N_sup)
@@ -97,6 +103,13 @@ def evaluate(
             answer's vote weighted by its sigmoid(halt logit))
         trajectory_curve: score M trajectories for each M of a list, e.g. [1,4,16], from one pass of
             max(M) (replaces --trajectories); writes trajectories.md and trajectories.json
+        ttt_steps: test-time training: optimizer steps on each ARC task's own demonstrations (leave-one-out)
+            before it is predicted, then the weights are restored exactly (0 = off)
+        ttt_params: which weights test-time training adapts: all, adapter, core-lora or id (a task-ID
+            model's new ID row for the task)
+        ttt_lr: test-time training's learning rate (default: 1e-4 all, 1e-3 adapter and core-lora, 1e-2 id)
+        ttt_lora_rank: the rank of core-lora's adapters
+        ttt_batch_size: leave-one-out examples per test-time training step
         seed: seeds the augmentations and the trajectories' noise
         device: cpu or cuda (default: cuda when visible)
         threads: torch CPU threads (default: torch's)
@@ -123,7 +136,10 @@ def evaluate(
         options = dict(
             split=resolve_split(split), augmentations=augmentations, steps=steps, curve_steps=curve_steps,
             batch_size=batch_size, seed=seed, progress=progress, trajectory_noise=trajectory_noise,
-            vote_weight=vote_weight,
+            vote_weight=vote_weight, ttt=TTTSettings(
+                steps=ttt_steps, params=ttt_params, learning_rate=ttt_lr, lora_rank=ttt_lora_rank,
+                batch_size=ttt_batch_size, seed=seed,
+            ),
         )  # fmt: skip
         if trajectory_curve:
             ev, curve = trajectory_curve_of(net, chosen, rows, trajectory_curve, **options)
@@ -135,8 +151,9 @@ def evaluate(
         write_result_folder(
             folder, EVALUATION_FILES, lambda tmp: (evaluation_files(ev, tmp, model, command), curve.write(tmp))
         )
-        print(curve.markdown())
     print(summary_markdown(ev, model, command))
+    if curve is not None:
+        print(curve.markdown())
     print(f"hybrid-reason: wrote {folder}")
     return ev
 
@@ -169,7 +186,7 @@ def baseline(
             (fixed-depth: the trained model)
         task: task name (default: the hybrid model's task, else sort)
         option: task options: --option.KEY VALUE (repeatable) or --option '{KEY: VALUE}'
-        split: train, validation or test; eval = test
+        split: a split of the task: train, validation, test (rules: also test_seen, test_unseen); eval = test
         limit: only the first N puzzles (ARC: tasks)
         seed: seeds sampling (with temperature > 0)
         device: cpu or cuda (default: cuda when visible)

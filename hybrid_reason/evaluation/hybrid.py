@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from .scoring import (
     vote,
 )
 from .trajectories import TRAJECTORY_NOISE, check_trajectories, spread, view_numbers
+
+if TYPE_CHECKING:
+    from .ttt import TTTReport, TTTSettings
 
 
 # ============================================================================ views
@@ -256,6 +259,7 @@ class Evaluation:
     trajectory_noise: float = TRAJECTORY_NOISE
     vote_weight: str = "count"
     traces: list[list[Trace]] | None = field(default=None, repr=False, compare=False)  # per puzzle
+    ttt: TTTReport | None = None  # test-time training: its settings and seconds per task (``ttt``)
 
     @property
     def puzzles(self) -> int:
@@ -301,7 +305,13 @@ class Evaluation:
             "backbone_flops_per_puzzle": self.backbone_flops_per_puzzle(), "flops_per_puzzle": self.flops_per_puzzle(),
             "trainable_params": self.trainable_params, "total_params": self.trainable_params + self.backbone_params,
             "curve": self.curve,
-        }  # fmt: skip
+        } | self.ttt_summary()  # fmt: skip
+
+    def ttt_summary(self) -> dict[str, Any]:
+        """Test-time training's settings, tasks and added seconds per task (empty without it)."""
+        if self.ttt is None:
+            return {}
+        return {"ttt": self.ttt.summary(), "ttt_seconds_per_task": self.ttt.seconds_per_task()}
 
 
 def evaluate_model(
@@ -319,6 +329,7 @@ def evaluate_model(
     trajectories: int = 1,
     trajectory_noise: float = TRAJECTORY_NOISE,
     vote_weight: VoteWeight = "count",
+    ttt: TTTSettings | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on ``rows`` of ``task`` in one pass (see the module docstring).
 
@@ -326,6 +337,8 @@ def evaluate_model(
     test-time compute curve goes (default 2 x steps; it is at least ``steps``). trajectories: carries
     per view, the first the initial carry, the others it plus noise of ``trajectory_noise`` x its RMS
     (``trajectories``). vote_weight: count (one vote per answer) or halt (sigmoid(halt logit) each).
+    ttt: with steps > 0, each ARC task is predicted by the model fine-tuned on its demonstrations, then
+    restored exactly (``ttt.predict_with_ttt``); the added seconds per task go to ``Evaluation.ttt``.
     """
     check_trajectories(trajectories, trajectory_noise)
     cfg = model.config
@@ -336,10 +349,16 @@ def evaluate_model(
     steps = steps or cfg.halt_max_steps
     curve_steps = max(steps, curve_steps if curve_steps is not None else 2 * steps)
     views = render_views(task, rows, augmentations, seed, model_budget(model))
-    traces, tokens, timing = predict_views(
-        model, task, views, curve_steps, batch_size, _puzzle_ids(model, task, rows, views), progress,
-        trajectories, trajectory_noise, seed,
-    )  # fmt: skip
+    ids, ttt_report = _puzzle_ids(model, task, rows, views), None
+    options = {"trajectories": trajectories, "trajectory_noise": trajectory_noise, "seed": seed}
+    if ttt is not None and ttt.steps > 0:
+        from .ttt import predict_with_ttt  # (ttt.py builds on this module)
+
+        traces, tokens, timing, ttt_report = predict_with_ttt(
+            model, task, rows, views, ids, curve_steps, batch_size, ttt, progress, **options
+        )
+    else:
+        traces, tokens, timing = predict_views(model, task, views, curve_steps, batch_size, ids, progress, **options)
     by_puzzle = views.by_puzzle(len(rows))
     per_puzzle = [[traces[j * trajectories + t] for j in idx for t in range(trajectories)] for idx in by_puzzle]
     dropped = [ex.meta.get("dropped_demonstrations", 0) for ex in views.examples]
@@ -378,6 +397,7 @@ def evaluate_model(
         trajectory_noise=trajectory_noise,
         vote_weight=vote_weight,
         traces=per_puzzle,
+        ttt=ttt_report,
     )
     if is_arc(task):
         ev.submission = kaggle_submission(final)

@@ -29,14 +29,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import ArgumentError, ArgumentParser
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ..errors import HybridReasonError
 from .llm import GenerationSettings
 from .sft import SFTSettings
 from .trajectories import TRAJECTORY_NOISE
+from .ttt import TTTParams
 
-Split = Literal["train", "validation", "test", "eval", "evaluation"]
+Split = str  # a split of the task (train, validation, test; rules: test_seen, test_unseen, ...); eval = test
 Dtype = Literal["float32", "bfloat16", "float16"]
 FALLBACK_SHARE = 0.10  # an LLM whose replies hit the cap more often than this also runs a larger cap
 
@@ -54,6 +55,8 @@ class HybridEntry:
         recipe: a training recipe (YAML), trained per seed: hybrid-reason fit --config RECIPE
         overrides: fit flags over the recipe, e.g. ["--model.core.T 1", "--trainer.max_steps 300"]
         limit: only the first puzzles of the suite's (so every system sees the same puzzles)
+        task_options: task options over the suite's task for this system's model, changing how a puzzle
+            is shown, never which puzzles (e.g. {demo_slots: false} for a model trained without them)
         steps: the supervision step whose answer is scored (default: N_sup)
         curve_steps: length of the test-time compute curve (default: 2 x steps)
         augmentations: voted views per puzzle
@@ -62,6 +65,12 @@ class HybridEntry:
             "hybrid, 16 trajectories" entry with the same recipe and overrides reuses its runs)
         trajectory_noise: the noise on trajectories 1..M-1's initial carry, in units of its RMS
         vote_weight: count (one vote per answer) or halt (each weighted by sigmoid(halt logit))
+        ttt_steps: test-time training steps on each ARC task's demonstrations before it is predicted (0:
+            off; a "hybrid + TTT" entry with the same recipe and overrides reuses the hybrid's runs)
+        ttt_params: which weights adapt: all, adapter, core-lora or id
+        ttt_lr: test-time training's learning rate (default: per ttt_params, see docs/evaluation.md)
+        ttt_lora_rank: the rank of core-lora's adapters
+        ttt_batch_size: leave-one-out examples per test-time training step
     """
 
     name: str
@@ -70,6 +79,7 @@ class HybridEntry:
     recipe: str | None = None
     overrides: list[str] = field(default_factory=list)
     limit: PositiveInt | None = None
+    task_options: dict[str, Any] | None = None
     steps: PositiveInt | None = None
     curve_steps: PositiveInt | None = None
     augmentations: PositiveInt = 1
@@ -77,6 +87,11 @@ class HybridEntry:
     trajectories: PositiveInt = 1
     trajectory_noise: NonNegativeFloat = TRAJECTORY_NOISE
     vote_weight: Literal["count", "halt"] = "count"
+    ttt_steps: NonNegativeInt = 0
+    ttt_params: TTTParams = "all"
+    ttt_lr: PositiveFloat | None = None
+    ttt_lora_rank: PositiveInt = 8
+    ttt_batch_size: PositiveInt = 8
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.recipe is None):
@@ -159,7 +174,7 @@ class Suite:
         name: the suite (default: the file name); results go to eval/results/NAME
         systems: the systems to compare
         task: the task section {name: ..., option: value} (default: the first hybrid model's own)
-        split: train, validation or test ('eval' = test)
+        split: a split of the task: train, validation, test (rules: also test_seen, test_unseen); eval = test
         limit: the first puzzles of the split (ARC: tasks)
         seed: seeds the augmentations and the LLMs' sampling (and training, without seeds)
         seeds: train every trained system (recipe, sft) once per seed; the report shows mean ± std

@@ -173,6 +173,26 @@ def llm_replies_table(reports: list) -> list[str]:
     return lines
 
 
+def ttt_table(reports: list) -> list[str]:
+    """The systems with test-time training: its settings and the seconds it added per task (markdown lines)."""
+    rows = []
+    for idx in grouped(reports):
+        rs = [reports[i] for i in idx]
+        if rs[0].ttt is None:
+            continue
+        t, s = rs[0].ttt, rs[0].ttt["settings"]
+        seconds = statistics.fmean(x.ttt["seconds_per_task"] for x in rs)
+        rows.append(f"| {rs[0].name} | {s['steps']} | {s['params']} | {s['learning_rate']:g} | {s['batch_size']} | "
+                    f"{t['adapted_tasks']} of {t['tasks']} | {seconds:.2f} |")  # fmt: skip
+    if not rows:
+        return []
+    head = "| system | steps | params | learning rate | batch | tasks adapted | added s / task |"
+    return ["## Test-time training", "", head, "|---|---:|---|---:|---:|---:|---:|", *rows, "",
+            "Each task's weights are fine-tuned on its own demonstrations (leave-one-out) before its test "
+            "inputs are predicted, then restored; a task with fewer than two demonstrations is not adapted. "
+            "Added seconds are per evaluated task, on top of s / puzzle above.", ""]  # fmt: skip
+
+
 def curves_section(reports: list) -> list[str]:
     """Each hybrid system's test-time compute curve (the mean over its seeds)."""
     lines = []
@@ -213,8 +233,8 @@ def report_markdown(
         "LLMs, 2 x parameters x (prompt + generated tokens), LM head included. Total adds the recursive core "
         "(see docs/evaluation.md). Seconds are wall time per puzzle, batched, after loading.", "",
     ]  # fmt: skip
-    return "\n".join(lines + training_table(reports) + seeds_table(reports) + curves_section(reports)
-                     + llm_replies_table(reports))  # fmt: skip
+    return "\n".join(lines + training_table(reports) + seeds_table(reports) + ttt_table(reports)
+                     + curves_section(reports) + llm_replies_table(reports))  # fmt: skip
 
 
 def machine() -> str:

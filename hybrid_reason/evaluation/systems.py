@@ -29,6 +29,7 @@ from .scoring import group_mean
 from .sft import SFTSettings, run_sft
 from .suite import FALLBACK_SHARE, Entry, HybridEntry, LLMEntry, SFTEntry, Suite
 from .suite_report import SUITE_FILES, suite_files
+from .ttt import TTTSettings
 
 
 @dataclass
@@ -57,6 +58,7 @@ class SystemReport:
     seed: int | None = None  # trained systems: the training seed
     training: dict[str, Any] | None = None  # trained systems: steps, examples seen, seconds, cached
     fallback_of: str | None = None  # an LLM rerun at a larger cap: the system it reruns
+    ttt: dict[str, Any] | None = None  # hybrids with test-time training: its summary (settings, seconds per task)
 
 
 def _solved(results: list, headline: str) -> dict[str, bool]:
@@ -95,11 +97,11 @@ class Runner:
         """Start training every recipe system at every seed in the background (``BackgroundTraining``:
         ``suite.jobs`` processes at once, one of them this one with ``reserve``; each (recipe,
         overrides, seed) once; cached runs found)."""
-        jobs = {
+        jobs = {  # seed by seed: the first seed's runs fill the feature cache that the others read
             (entry.name, seed): (entry.recipe, tuple(entry.overrides), seed)
+            for seed in self.seeds
             for entry in self.suite.systems
             if isinstance(entry, HybridEntry) and entry.recipe is not None
-            for seed in self.seeds
         }
         extra = ["--model.feature_cache_dir", str(self.runs / "features")] if self.suite.feature_cache else []
         return BackgroundTraining(jobs, self.runs, self.suite.jobs, reserve, extra)
@@ -148,9 +150,28 @@ class Runner:
             self._task = task_from_spec(self.task_spec, f"suite {self.suite.name}: task")
         return self._task
 
-    def rows(self, limit: int | None, budget=None):
-        """The suite's puzzles, cut to the system's limit (never beyond the suite's)."""
-        return select_rows(load_rows(self.task, self.split, self.suite.limit, budget), limit)
+    def rows(self, limit: int | None, budget=None, task=None):
+        """The suite's puzzles, cut to the system's limit (never beyond the suite's); read through
+        ``task`` (a system's ``task_options``), which must give the same puzzles."""
+        rows = select_rows(load_rows(self.task, self.split, self.suite.limit, budget), limit)
+        if task is None or task is self.task:
+            return rows
+        own = select_rows(load_rows(task, self.split, self.suite.limit, budget), limit)
+        if list(own["id"]) != list(rows["id"]):
+            raise HybridReasonError(
+                f"suite {self.suite.name}: a system's task_options change which puzzles the split holds; "
+                "they may only change how a puzzle is shown"
+            )
+        return own
+
+    def task_of(self, entry: HybridEntry):
+        """The task a hybrid entry's model reads: the suite's, with the entry's ``task_options`` over it."""
+        from ..tasks import task_from_spec
+
+        if not entry.task_options:
+            return self.task
+        spec = self.task_spec | entry.task_options
+        return task_from_spec(spec, f"suite {self.suite.name}: system {entry.name!r}: task_options")
 
     def llm_name(self, entry: LLMEntry | SFTEntry) -> str:
         """An LLM system's model: its own, else the first hybrid's backbone."""
@@ -171,12 +192,16 @@ class Runner:
         return report, raw
 
     def backbone_for(self, model):
-        """One shared, uncached Backbone per backbone spec (so timings include the backbone pass)."""
+        """One shared Backbone per backbone spec: uncached (timings include the backbone pass), or with
+        the suite's ``feature_cache``, reading and writing RUNS/features as the training runs do (then a
+        puzzle's seconds include the backbone only where its features were not there yet)."""
         from ..backbone.backbone import Backbone
+        from ..backbone.feature_cache import FeatureCache
 
         key = json.dumps(model.config.backbone, sort_keys=True)
         if key not in self.backbones:
-            self.backbones[key] = Backbone.load(model.config.backbone_spec, cache=False, device=self.device)
+            cache = FeatureCache(directory=self.runs / "features") if self.suite.feature_cache else False
+            self.backbones[key] = Backbone.load(model.config.backbone_spec, cache=cache, device=self.device)
         return self.backbones[key]
 
     def run_hybrid(self, entry: HybridEntry, seed: int | None) -> tuple[SystemReport, Any]:
@@ -185,14 +210,15 @@ class Runner:
         config = model_config(folder, who)
         if entry.kind in CHECKS:
             CHECKS[entry.kind](config, f"system {entry.name!r}: {folder}")
-        check_model_task(config, self.task, folder)
+        task = self.task_of(entry)
+        check_model_task(config, task, folder)
         model = load_model(folder, self.device, who)
         if not (Path(folder) / "backbone_lora").is_dir():  # a LoRA backbone is the model's own
             model.attach_backbone(self.backbone_for(model))
         ev = evaluate_model(
             model,
-            self.task,
-            self.rows(entry.limit, model_budget(model)),
+            task,
+            self.rows(entry.limit, model_budget(model), task),
             split=self.split,
             augmentations=entry.augmentations,
             steps=entry.steps,
@@ -203,6 +229,7 @@ class Runner:
             trajectories=entry.trajectories,
             trajectory_noise=entry.trajectory_noise,
             vote_weight=entry.vote_weight,
+            ttt=TTTSettings.of(entry, seed=self.suite.seed),
         )
         s = ev.summary()
         run = self.trained.get((entry.name, seed))
@@ -211,7 +238,7 @@ class Runner:
             s["total_params"], ev.seconds_per_puzzle(), 0.0, ev.backbone_flops_per_puzzle(), ev.flops_per_puzzle(),
             _solved(ev.results, ev.headline), {r.id: r.group for r in ev.results},
             n_sup=ev.n_sup, curve=ev.curve, curve_flops=[ev.flops_per_puzzle(row["step"]) for row in ev.curve],
-            training=None if run is None else run.training | {"cached": run.cached},
+            training=None if run is None else run.training | {"cached": run.cached}, ttt=s.get("ttt"),
         )  # fmt: skip
         return report, ev
 

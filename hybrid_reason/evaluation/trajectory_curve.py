@@ -42,7 +42,9 @@ class TrajectoryCurve:
         head = "| M | answers / puzzle | exact |" + (" pass@2 |" if self.headline == "pass@2" else "")
         head += " pass@all | cell | exact at halt | FLOPs / puzzle |"
         lines = [
-            f"Accuracy against parallel trajectories M: {self.task} ({self.split}), {self.puzzles} puzzles, "
+            f"Accuracy against parallel trajectories M: {self.task}"
+            + (f" ({self.split})" if self.split else "")
+            + f", {self.puzzles} puzzles, "
             f"answer at step {self.steps}, noise {self.trajectory_noise:g}, votes weighted by {self.vote_weight}.",
             "",
             head,

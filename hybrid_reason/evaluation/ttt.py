@@ -2,27 +2,22 @@
 
 For every evaluated task (rows grouped by ``task_id``), ``predict_with_ttt``:
 
-1. builds leave-one-out examples from the task's demonstrations: each demonstration is the query once,
-   the others in context, rendered under seeded training augmentations
-   (``task.sample_augmentation(default_rng([seed, task key, batch, position]), train=True)``) within the
-   backbone's prompt budget. The task's test queries are never among them: only the demonstrations every
-   row of the task shows are used, less any whose input is one of the task's queries. A task left with
-   fewer than two has nothing to hold out; it is predicted as is, and counted;
-2. fine-tunes the selected weights (``TTTSettings.params``) for K optimizer steps with TRM's deep
-   supervision: a batch of examples keeps its carry for N_sup steps (detached between steps, one
-   optimizer step each), then the next batch starts from the initial carry. Each batch is encoded once
-   by the frozen backbone and its features reused for all its steps;
-3. predicts the task's test views exactly as ``evaluate_model`` does (``predict_views``);
-4. restores every changed tensor from saved copies with ``copy_`` (never by undoing optimizer steps),
-   removes the LoRA it added, and resets ``requires_grad`` and ``.grad``: the model after a task is the
-   model before it, bit for bit and module for module.
+1. renders leave-one-out examples: each demonstration that every row of the task shows (and that is
+   none of its queries) is the query once, the others in context, under seeded training augmentations,
+   within the backbone's prompt budget. A task with fewer than two has nothing to hold out: it is
+   predicted as is, and counted;
+2. fine-tunes the weights ``TTTSettings.params`` selects for K optimizer steps of TRM's deep
+   supervision: a batch keeps its carry for N_sup steps (detached between steps, one optimizer step
+   each), then the next batch starts from the initial carry; each batch is encoded once;
+3. predicts the task's views exactly as ``evaluate_model`` does (``predict_views``);
+4. restores every changed tensor from saved copies with ``copy_``, removes the LoRA it added and resets
+   ``requires_grad`` and ``.grad``: the model after a task is the model before it, bit for bit.
 
-``params``: ``all`` (every trainable weight but a joint-LoRA backbone's adapters: the features are
-encoded once; with an ID table, the task's own row too), ``adapter`` (the input Adapter and the
-Resampler), ``core-lora`` (a peft LoRA of rank ``lora_rank`` on the core's Linear layers, for this task
-only) or ``id`` (a task-ID model's new ID row for the task, trained alone: ID 0, the row of tasks unseen
-in training, is set for the task to the mean of the table's trained rows, then restored). Tasks are
-adapted one at a time (no batching across tasks). See docs/evaluation.md.
+``params``: ``all`` (every trainable weight but a joint-LoRA backbone's adapters; with an ID table, the
+task's own row too, at 100 x the learning rate as TRM trains its table), ``adapter`` (Adapter and
+Resampler), ``core-lora`` (a peft LoRA on the core's Linear layers, for this task only) or ``id`` (a
+task-ID model's new row for the task, trained alone: row 0, the row of unseen tasks, starts from the
+mean of the table's trained rows). Tasks are adapted one at a time. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -51,6 +46,7 @@ TTTParams = Literal["all", "adapter", "core-lora", "id"]
 DEFAULT_LR: dict[str, float] = {"all": 1e-4, "adapter": 1e-3, "core-lora": 1e-3, "id": 1e-2}
 BETAS = (0.9, 0.95)  # the project's AdamW stand-in for TRM's optimiser (no weight decay at test time)
 UNSEEN_ID = 0  # the ID-table row of tasks unseen in training: ``id`` mode's row for the task
+ROW_LR_FACTOR = 100.0  # with ``all``, the ID row's learning rate over the weights' (TRM: 1e-2 vs 1e-4)
 
 
 @dataclass(frozen=True)
@@ -288,9 +284,8 @@ def adapted(model, batches: Sequence[list], settings: TTTSettings, puzzle_id: in
         stack.callback(_Saved(model, dense + ([table.weight] if row is not None else [])).restore)  # runs last
         if settings.params == "core-lora":
             dense = stack.enter_context(_core_lora(model, settings.lora_rank, task_seed(settings.seed, "lora")))
-        trained = dense + ([row] if row is not None else [])
         pid = row_id if row is not None else puzzle_id
-        losses = _train(model, batches, trained, settings, pid, row)
+        losses = _train(model, batches, dense, settings, pid, row)
         if row is not None:
             with torch.no_grad():
                 table.weight[row_id].copy_(row)
@@ -307,10 +302,13 @@ def _initial_row(weight: Tensor, row_id: int, settings: TTTSettings) -> Tensor:
     return trained.mean(0) if len(trained) else torch.zeros_like(weight[0])
 
 
-def _train(model, batches: Sequence[list], trained: list[Tensor], settings: TTTSettings, puzzle_id, row) -> list[float]:
+def _train(model, batches: Sequence[list], dense: list[Tensor], settings: TTTSettings, puzzle_id, row) -> list[float]:
     """K optimizer steps of deep supervision: each batch keeps its carry for N_sup steps, then the next
     starts fresh. Returns the loss of each step."""
-    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=BETAS, weight_decay=0.0)
+    row_lr = settings.lr * (ROW_LR_FACTOR if dense else 1.0)
+    groups = [{"params": dense}] + ([{"params": [row], "lr": row_lr}] if row is not None else [])
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=BETAS, weight_decay=0.0)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
     n_sup, losses = model.config.halt_max_steps, []
     with torch.enable_grad():
         for step in range(settings.steps):
@@ -333,7 +331,9 @@ def _train(model, batches: Sequence[list], trained: list[Tensor], settings: TTTS
 def _encode(model, batch: list, puzzle_id: int | None):
     """A batch's frozen-backbone features, labels and puzzle IDs (encoded once, reused for N_sup steps)."""
     with torch.no_grad():
-        encoded = model.encode([ex.text for ex in batch], [ex.slot_spans for ex in batch], [ex.meta["id"] for ex in batch])
+        encoded = model.encode(
+            [ex.text for ex in batch], [ex.slot_spans for ex in batch], [ex.meta["id"] for ex in batch]
+        )
     labels = torch.tensor([ex.labels for ex in batch], dtype=torch.long, device=model.device)
     ids = None if puzzle_id is None else torch.full((len(batch),), puzzle_id, dtype=torch.long, device=model.device)
     return encoded, labels, ids
@@ -353,10 +353,8 @@ def _forward(model, encoded, labels: Tensor, carry, ids: Tensor | None, row: Ten
 # ============================================================================ evaluating task by task
 def task_groups(rows: Sequence[dict]) -> list[list[int]]:
     """Row indices grouped by task (``puzzle_key``: the ARC task id), in order of first appearance."""
-    groups: dict[str, list[int]] = {}
-    for p in range(len(rows)):
-        groups.setdefault(puzzle_key(rows[p]), []).append(p)
-    return list(groups.values())
+    keys = [puzzle_key(rows[p]) for p in range(len(rows))]
+    return [[p for p, k in enumerate(keys) if k == key] for key in dict.fromkeys(keys)]
 
 
 def predict_with_ttt(
@@ -421,16 +419,5 @@ def _place(part, idx: list[int], traces: dict[int, list], tokens: list[int], tim
     timing.steps = [a + b for a, b in zip(timing.steps, part_timing.steps)]
 
 
-__all__ = [
-    "DEFAULT_LR",
-    "TTTParams",
-    "TTTReport",
-    "TTTSettings",
-    "adapted",
-    "check_ttt",
-    "leave_one_out_rows",
-    "predict_with_ttt",
-    "task_demonstrations",
-    "task_groups",
-    "training_batches",
-]
+__all__ = ["DEFAULT_LR", "TTTParams", "TTTReport", "TTTSettings", "adapted", "check_ttt", "leave_one_out_rows"]
+__all__ += ["predict_with_ttt", "task_demonstrations", "task_groups", "training_batches"]
