@@ -63,6 +63,7 @@ def tiny_suite(models, **extra):
         "limit": 6,
         "description": "A tiny suite.",
         "threads": 1,
+        "runs": os.path.join(os.path.dirname(models["hybrid"]), "runs"),  # the suite's feature cache: not in the repo
         **extra,
         "systems": [
             {"name": "hybrid", "model": models["hybrid"], "curve_steps": 4},
@@ -152,6 +153,21 @@ def test_committed_suites_are_valid():
 
 
 # ------------------------------------------------------------------------------ running a suite
+def test_compare_scores_another_split_with_chosen_systems_and_task_options_keep_the_puzzles(models, tmp_path):
+    suite = write_suite(tmp_path / "tiny.yaml", tiny_suite(models, task=SORT))
+    out = tmp_path / "seen"
+    argv = ["--suite", suite, "--out", str(out), "--progress", "false", "--split", "validation"]
+    reports = compare_main([*argv, "--systems", "[hybrid]"])
+    assert [r.name for r in reports] == ["hybrid"] and reports[0].puzzles == 6
+    assert json.loads((out / "results.json").read_text())["split"] == "validation"
+    with pytest.raises(HybridReasonError, match="no system named 'cot2'; it has hybrid, fixed depth, cot, direct"):
+        compare_main([*argv, "--systems", "[hybrid, cot2]"])
+    data = tiny_suite(models, task=SORT)
+    data["systems"][0]["task_options"] = {"seed": 1}  # other puzzles under the same ids: refused
+    with pytest.raises(HybridReasonError, match="task_options change which puzzles"):
+        compare_main(["--suite", write_suite(tmp_path / "other.yaml", data), *argv[2:]])
+
+
 def test_a_tiny_suite_runs_every_system_on_the_same_puzzles(models, tmp_path):
     out = tmp_path / "results"
     reports = compare_main(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from .report import (
 )
 from .runtime import default_device, quiet_transformers, torch_threads
 from .sft import SFTResult, SFTSettings, run_sft
-from .suite import load_suite, with_threads
+from .suite import load_suite, select_systems, with_threads
 from .suite_report import report_table
 from .systems import SystemReport, common_scores, run_suite
 from .trajectories import TRAJECTORY_NOISE
@@ -281,7 +281,13 @@ def sft(
 
 
 def compare(
-    suite: str, out: str | None = None, threads: PositiveInt | None = None, progress: bool = True, command: str = ""
+    suite: str,
+    out: str | None = None,
+    split: Split | None = None,
+    systems: list[str] | None = None,
+    threads: PositiveInt | None = None,
+    progress: bool = True,
+    command: str = "",
 ) -> list[SystemReport]:
     """Run an evaluation suite and write its report.
 
@@ -290,11 +296,15 @@ def compare(
     Args:
         suite: a suite YAML file (eval/suites/*.yaml)
         out: the report folder, replaced whole (default: the suite's output, else eval/results/NAME)
+        split: score this split instead of the suite's (the trained runs are the suite's own, found in
+            its runs folder), e.g. --split test_seen --out eval/results/NAME_seen
+        systems: run only these of the suite's systems (by name)
         threads: torch CPU threads (default: the suite's threads, else torch's)
         progress: show progress bars
     """
     quiet_transformers()
-    loaded = with_threads(load_suite(suite), threads)
+    loaded = select_systems(with_threads(load_suite(suite), threads), systems)
+    loaded = loaded if split is None else replace(loaded, split=split)
     folder = Path(out or loaded.output or Path("eval") / "results" / loaded.name)
     reports = run_suite(loaded, folder, command, progress)
     print(report_table(reports, common_scores(reports)))

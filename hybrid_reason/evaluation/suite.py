@@ -296,6 +296,19 @@ def load_suite(path: str) -> Suite:
     return suite
 
 
+def select_systems(suite: Suite, names: list[str] | None) -> Suite:
+    """``suite`` with only the systems named in ``names`` (all when None); an unknown name is an error."""
+    if names is None:
+        return suite
+    known = [s.name for s in suite.systems]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise HybridReasonError(
+            f"suite {suite.name}: --systems: no system named {unknown[0] if unknown else ''!r}; it has {', '.join(known)}"
+        )
+    return replace(suite, systems=[s for s in suite.systems if s.name in names])
+
+
 def with_threads(suite: Suite, threads: int | None) -> Suite:
     """``suite`` with its torch thread count replaced by ``threads`` when given."""
     return suite if threads is None else replace(suite, threads=threads)
@@ -313,5 +326,6 @@ __all__ = [
     "generation_settings",
     "load_suite",
     "parse_typed",
+    "select_systems",
     "with_threads",
 ]

@@ -157,7 +157,8 @@ class Runner:
         if task is None or task is self.task:
             return rows
         own = select_rows(load_rows(task, self.split, self.suite.limit, budget), limit)
-        if list(own["id"]) != list(rows["id"]):
+        same = lambda t, r: [(row["id"], t.target(row)) for row in r]  # noqa: E731
+        if same(task, own) != same(self.task, rows):
             raise HybridReasonError(
                 f"suite {self.suite.name}: a system's task_options change which puzzles the split holds; "
                 "they may only change how a puzzle is shown"
