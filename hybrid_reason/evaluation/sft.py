@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -240,7 +242,7 @@ class SFTResult(BaselineResult):
     """A fine-tuned LLM's direct answers, scored like the direct baseline's, and what training cost."""
 
     training: Training | None = None
-    adapter: Any = field(default=None, repr=False)  # the peft model, to save its adapter
+    adapter: Any = field(default=None, repr=False)  # a TemporaryDirectory holding the saved adapter
 
     def summary(self) -> dict[str, Any]:
         """The baseline summary with the training figures and the adapters as trainable parameters."""
@@ -249,7 +251,7 @@ class SFTResult(BaselineResult):
 
     def save_adapter(self, folder) -> None:
         """Write the LoRA adapter (peft's adapter_config.json + adapter_model.safetensors) to ``folder``."""
-        self.adapter.save_pretrained(str(folder))
+        shutil.copytree(self.adapter.name, folder, dirs_exist_ok=True)
 
 
 def run_sft(
@@ -278,11 +280,13 @@ def run_sft(
     if train_rows is None:
         train_rows = select_rows(task.load("train", budget), settings.train_limit)
     training = fine_tune(lm, task, train_rows, settings, budget, seed, progress)
+    adapter = tempfile.TemporaryDirectory(prefix="hybrid_reason_sft_")  # kept on disk, not the model in memory
+    lm.model.save_pretrained(adapter.name)
     if settings.quantization is None:
         lm.model.merge_adapter()  # generation runs the merged weights; the adapter is still saved apart
     result = run_baseline(lm, task, test_rows, KIND, generation, split, progress, seed)
     values = {f.name: getattr(result, f.name) for f in fields(BaselineResult)}
-    return SFTResult(**values | {"kind": "sft"}, training=training, adapter=lm.model)
+    return SFTResult(**values | {"kind": "sft"}, training=training, adapter=adapter)
 
 
 __all__ = [
