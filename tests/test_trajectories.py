@@ -238,7 +238,10 @@ def test_a_suite_entry_runs_trajectories_of_the_same_model(model_dir, task, tmp_
     with pytest.raises(HybridReasonError, match=r"systems\[1\].vote_weight: 'max' is not one of count, halt"):
         C.parse_typed(C.HybridEntry, {"name": "h", "model": model_dir, "vote_weight": "max"}, "suite x.systems[1]")
     plain, spread = C.HybridEntry(name="h", model=model_dir), C.HybridEntry(**entry)
-    runner = R.Runner(C.Suite(name="t", systems=[plain, spread], task=SUDOKU, limit=3, device="cpu", runs=str(tmp_path)), progress=False)
+    runner = R.Runner(
+        C.Suite(name="t", systems=[plain, spread], task=SUDOKU, limit=3, device="cpu", runs=str(tmp_path)),
+        progress=False,
+    )
     (one, ev1), (four, ev4) = runner.run(plain), runner.run(spread)
     assert ev4.trajectories == 4 and ev1.trajectories == 1 and ev4.results[0].views == 4
     core1, core4 = (r.flops_per_puzzle - r.backbone_flops_per_puzzle for r in (one, four))
