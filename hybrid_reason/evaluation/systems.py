@@ -82,6 +82,7 @@ class Runner:
         self.split = resolve_split(suite.split)
         self.runs = Path(suite.runs or Path("runs") / "suites" / suite.name)
         self._task = None
+        self._tasks_of: dict[str, Any] = {}  # task_options' tasks, by their spec
         self._task_spec = suite.task
 
     @property
@@ -172,7 +173,10 @@ class Runner:
         if not entry.task_options:
             return self.task
         spec = self.task_spec | entry.task_options
-        return task_from_spec(spec, f"suite {self.suite.name}: system {entry.name!r}: task_options")
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._tasks_of:  # built once, not once per seed
+            self._tasks_of[key] = task_from_spec(spec, f"suite {self.suite.name}: system {entry.name!r}: task_options")
+        return self._tasks_of[key]
 
     def llm_name(self, entry: LLMEntry | SFTEntry) -> str:
         """An LLM system's model: its own, else the first hybrid's backbone."""
