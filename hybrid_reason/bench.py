@@ -46,38 +46,49 @@ def step_flops(core: CoreConfig, seq: int, prefix: int, batch: int, vocab: int) 
     return batch * ((shape.calls + 2 * shape.grad_calls) * shape.block_flops() + 3 * heads)
 
 
-def matmul_gflops(size: int = 2048, steps: int = 5) -> float:
-    """This machine's fp32 matmul rate at size x size, in GFLOP/s (median of ``steps``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    times = time_calls(lambda: a @ b, steps, warmup=2)
+def matmul_gflops(size: int = 2048, steps: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul rate at size x size, in GFLOP/s (median of ``steps``)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    times = time_calls(lambda: (a @ b, sync()), steps, warmup=2)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def core_train_step(
-    cfg: CoreConfig, seq: int, prefix: int, batch: int, vocab: int, compile_blocks: bool
+    cfg: CoreConfig,
+    seq: int,
+    prefix: int,
+    batch: int,
+    vocab: int,
+    compile_blocks: bool,
+    device: str = "cpu",
+    bf16: bool = False,
 ) -> Callable[[], float]:
-    """Build a core + heads + AdamW at the given sizes; return a closure doing one training step.
+    """Build a core + heads + AdamW at the given sizes on ``device``; return a closure doing one training
+    step (under bfloat16 autocast with ``bf16``, as Lightning's bf16-mixed).
 
     With ``prefix`` K the core runs K + seq slots (the ARC recipe's 16 context or ID slots); as in the
     model, the answer head reads the last seq slots and the halt head slot 0.
     """
     torch.manual_seed(0)
     S, d = prefix + seq, cfg.d_model
-    core = RecursiveCore(cfg, S)
-    heads = nn.ModuleDict({"answer": nn.Linear(d, vocab, bias=False), "halt": nn.Linear(d, 1)})
+    core = RecursiveCore(cfg, S).to(device)
+    heads = nn.ModuleDict({"answer": nn.Linear(d, vocab, bias=False), "halt": nn.Linear(d, 1)}).to(device)
     if compile_blocks:
         for i, block in enumerate(core.blocks):
             core.blocks[i] = torch.compile(block, dynamic=False)
     params = list(core.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    x = torch.randn(batch, S, d)
-    labels = torch.randint(0, vocab, (batch, seq))
+    x = torch.randn(batch, S, d, device=device)
+    labels = torch.randint(0, vocab, (batch, seq), device=device)
     carry = core.initial_carry(batch)
 
     def step() -> float:
         nonlocal carry
-        carry, y = core.deep_recursion(x, carry)
-        total, _ = deep_supervision_loss(heads["answer"](y[:, prefix:]), heads["halt"](y[:, 0]).squeeze(-1), labels)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            carry, y = core.deep_recursion(x, carry)
+            logits, halt = heads["answer"](y[:, prefix:]), heads["halt"](y[:, 0]).squeeze(-1)
+        total, _ = deep_supervision_loss(logits, halt, labels)
         (total / batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -96,24 +107,29 @@ def bench_core(
     steps: PositiveInt = 3,
     warmup: NonNegativeInt = 1,
     threads: NonNegativeInt = 0,
+    device: str = "cpu",
+    bf16: bool = False,
 ) -> None:
     """Time one full deep-supervision training step (forward, loss, backward, AdamW step) of the core
     (``--core.d_model``, ``--core.n``, ... as in recipes; default TRM's paper size) over ``seq`` answer
     slots after ``prefix`` prefix slots (the ARC recipe: 16); print its GFLOP/s beside this machine's
-    2048x2048 fp32 matmul rate, measured in the same run. ``compile`` also times torch.compile'd blocks."""
+    matmul rate (2048x2048; 8192x8192 on a GPU) (bfloat16 with ``bf16``), measured in the same run. ``compile`` also times
+    torch.compile'd blocks. ``--device cuda --bf16 true`` measures a GPU as recipes train on one."""
     torch.set_num_threads(threads or torch.get_num_threads())
     flops = step_flops(core, seq, prefix, batch, vocab)
     shape = CoreShape(core, num_slots=seq, num_context_slots=prefix)
     print(
         f"core: d={core.d_model} layers={core.num_layers} heads={core.num_heads} mixer={core.mixer} n={core.n} "
-        f"T={core.T} unrolled={core.unrolled} prefix={prefix} seq={seq} batch={batch} fp32, "
+        f"T={core.T} unrolled={core.unrolled} prefix={prefix} seq={seq} batch={batch} "
+        f"{'bf16 autocast' if bf16 else 'fp32'} on {device}, "
         f"{torch.get_num_threads()} threads; {shape.calls} block calls per step, {shape.grad_calls} with grad; "
         f"{flops / 1e9:.3g} GFLOP per step"
     )
-    peak = matmul_gflops()
-    print(f"  2048x2048 fp32 matmul: {peak:7.1f} GFLOP/s")
+    size = 8192 if torch.device(device).type == "cuda" else 2048  # a GPU needs a large product to reach its peak
+    peak = matmul_gflops(size, device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
+    print(f"  {size}x{size} {'bf16' if bf16 else 'fp32'} matmul: {peak:7.1f} GFLOP/s")
     for variant in ["eager"] + (["compiled"] if compile else []):
-        step = core_train_step(core, seq, prefix, batch, vocab, compile_blocks=variant == "compiled")
+        step = core_train_step(core, seq, prefix, batch, vocab, variant == "compiled", device, bf16)
         times = time_calls(step, steps, warmup)
         med = statistics.median(times)
         rate = flops / med / 1e9
