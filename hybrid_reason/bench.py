@@ -113,8 +113,9 @@ def bench_core(
     """Time one full deep-supervision training step (forward, loss, backward, AdamW step) of the core
     (``--core.d_model``, ``--core.n``, ... as in recipes; default TRM's paper size) over ``seq`` answer
     slots after ``prefix`` prefix slots (the ARC recipe: 16); print its GFLOP/s beside this machine's
-    matmul rate (2048x2048; 8192x8192 on a GPU) (bfloat16 with ``bf16``), measured in the same run. ``compile`` also times
-    torch.compile'd blocks. ``--device cuda --bf16 true`` measures a GPU as recipes train on one."""
+    matmul rate, measured in the same run (2048x2048 on a CPU, 8192x8192 on a GPU; bfloat16 with ``bf16``).
+    ``compile`` also times torch.compile'd blocks. ``--device cuda --bf16 true`` measures a GPU as the
+    recipes train on one (bf16-mixed)."""
     torch.set_num_threads(threads or torch.get_num_threads())
     flops = step_flops(core, seq, prefix, batch, vocab)
     shape = CoreShape(core, num_slots=seq, num_context_slots=prefix)
