@@ -81,8 +81,7 @@ class Runner:
         self.trained: dict[tuple[str, int], TrainedRun] = {}
         self.split = resolve_split(suite.split)
         self.runs = Path(suite.runs or Path("runs") / "suites" / suite.name)
-        self._task = None
-        self._tasks_of: dict[str, Any] = {}  # task_options' tasks, by their spec
+        self._tasks: dict[str, Any] = {}  # tasks built, by their spec: each once, not once per seed
         self._task_spec = suite.task
 
     @property
@@ -145,11 +144,16 @@ class Runner:
     @property
     def task(self):
         """The suite's task, built once."""
+        return self._task_from(self.task_spec, f"suite {self.suite.name}: task")
+
+    def _task_from(self, spec: dict[str, Any], where: str):
+        """The task of ``spec``, built on first use (``where`` names it in errors)."""
         from ..tasks import task_from_spec
 
-        if self._task is None:
-            self._task = task_from_spec(self.task_spec, f"suite {self.suite.name}: task")
-        return self._task
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._tasks:
+            self._tasks[key] = task_from_spec(spec, where)
+        return self._tasks[key]
 
     def rows(self, limit: int | None, budget=None, task=None):
         """The suite's puzzles, cut to the system's limit (never beyond the suite's); read through
@@ -168,15 +172,10 @@ class Runner:
 
     def task_of(self, entry: HybridEntry):
         """The task a hybrid entry's model reads: the suite's, with the entry's ``task_options`` over it."""
-        from ..tasks import task_from_spec
-
         if not entry.task_options:
             return self.task
-        spec = self.task_spec | entry.task_options
-        key = json.dumps(spec, sort_keys=True)
-        if key not in self._tasks_of:  # built once, not once per seed
-            self._tasks_of[key] = task_from_spec(spec, f"suite {self.suite.name}: system {entry.name!r}: task_options")
-        return self._tasks_of[key]
+        where = f"suite {self.suite.name}: system {entry.name!r}: task_options"
+        return self._task_from(self.task_spec | entry.task_options, where)
 
     def llm_name(self, entry: LLMEntry | SFTEntry) -> str:
         """An LLM system's model: its own, else the first hybrid's backbone."""
