@@ -1,5 +1,6 @@
-"""Benchmarks: `hybrid-reason bench core` (one deep-supervision training step) and
-`hybrid-reason bench backbone` (slot-feature encoding throughput, truncated vs full stack).
+"""Benchmarks: `hybrid-reason bench core` (one deep-supervision training step), `hybrid-reason bench
+backbone` (slot-feature encoding throughput, truncated vs full stack) and `hybrid-reason bench ttt`
+(test-time training's seconds per task, tasks adapted one at a time against several at once).
 
 Speed is measured here, never asserted in tests. Variants run side by side in one process, so a
 noisy shared machine affects them alike.
@@ -10,7 +11,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
+from typing import Literal
 
 import torch
 from jsonargparse import auto_cli
@@ -170,9 +173,64 @@ def bench_backbone(
         )
 
 
+def bench_ttt(
+    model: str,
+    task_batch: list[PositiveInt] = [1, 4, 16],  # noqa: B006  (jsonargparse reads the default)
+    limit: PositiveInt = 16,
+    split: str = "test",
+    steps: PositiveInt = 8,
+    params: Literal["all", "adapter", "core-lora", "id"] = "all",
+    learning_rate: float | None = None,
+    batch_size: PositiveInt = 8,
+    repeats: PositiveInt = 2,
+    cache: bool = True,
+    threads: NonNegativeInt = 0,
+    device: str = "cpu",
+) -> None:
+    """Test-time training's seconds per task on the first ``limit`` tasks of ``split`` of a saved model's
+    task, with ``task_batch`` tasks adapted at once, for each value of the list side by side: one untimed
+    warm-up, then ``repeats`` rounds over the values in turn (median). Also prints how far each value's
+    losses are from the first value's (the same tasks adapted, only grouped differently). With ``cache``
+    the backbone's feature cache is warmed by the warm-up, so the core's adaptation is timed; without,
+    every example is encoded by the backbone again."""
+    from .evaluation.hybrid import evaluate_model
+    from .evaluation.models import load_model, model_budget, model_config
+    from .evaluation.puzzles import load_rows, task_spec
+    from .evaluation.ttt import TTTSettings
+    from .tasks import task_from_spec
+
+    torch.set_num_threads(threads or torch.get_num_threads())
+    task = task_from_spec(task_spec(model_config(model).task, None, None), "--task")
+    net = load_model(model, device)
+    if not cache:
+        net.backbone.cache = None
+    rows = load_rows(task, split, limit, model_budget(net))
+    settings = TTTSettings(steps, params, learning_rate, batch_size, seed=0)
+    run = lambda g: evaluate_model(net, task, rows, progress=False, ttt=replace(settings, task_batch=g)).ttt  # noqa: E731
+    print(
+        f"test-time training of {model} ({task.name} {split}, {len(rows)} rows): {steps} steps of {batch_size} "
+        f"examples, params {params}, lr {settings.lr}; {torch.get_num_threads()} threads on {device}; "
+        f"feature cache {'warm' if cache else 'off'}"
+    )
+    run(task_batch[0])
+    seconds, losses = {g: [] for g in task_batch}, {}
+    for _ in range(repeats):
+        for g in task_batch:
+            report = run(g)
+            seconds[g].append(report.seconds_per_task())
+            losses[g] = report.losses
+    print(f"| task_batch | s per task (median) | min | speed against task_batch {task_batch[0]} | max loss gap |")
+    print("|---:|---:|---:|---:|---:|")
+    first = statistics.median(seconds[task_batch[0]])
+    for g in task_batch:
+        med = statistics.median(seconds[g])
+        gap = max(abs(a - b) for t, ls in losses[g].items() for a, b in zip(ls, losses[task_batch[0]][t]))
+        print(f"| {g} | {med:.3f} | {min(seconds[g]):.3f} | {first / med:.2f}x | {gap:.1e} |")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `hybrid-reason bench core|backbone`: flags from the typed signatures above."""
-    auto_cli({"core": bench_core, "backbone": bench_backbone}, args=argv)
+    """Entry point of `hybrid-reason bench core|backbone|ttt`: flags from the typed signatures above."""
+    auto_cli({"core": bench_core, "backbone": bench_backbone, "ttt": bench_ttt}, args=argv)
 
 
 if __name__ == "__main__":

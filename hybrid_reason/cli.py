@@ -3,7 +3,7 @@
     hybrid-reason fit|validate|test --config recipes/X.yaml   train / evaluate with LightningCLI
     hybrid-reason export CKPT OUT [--overwrite]               write the HF model folder (EMA weights)
     hybrid-reason evaluate ... | compare ... | baseline ...   evaluation harness and baselines
-    hybrid-reason bench core|backbone                         speed benchmarks
+    hybrid-reason bench core|backbone|ttt                     speed benchmarks
 
 Subcommand modules are imported lazily so `hybrid-reason --help` stays fast. A user error
 (``HybridReasonError``, raised anywhere below, or the one an error was raised from) is printed as
@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "baseline_main",
         "run an LLM baseline: chain of thought, direct answer, or sft (fine-tuned with LoRA)",
     ),
-    "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core and the backbone"),
+    "bench": ("hybrid_reason.bench", "main", "speed benchmarks of the core, the backbone and test-time training"),
     "plan": ("hybrid_reason.plan", "main", "estimate a recipe's FLOPs, GPU time and memory (loads no weights)"),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from hybrid_reason import HybridReasoner, HybridReasonerConfig
 from hybrid_reason.errors import HybridReasonError
 from hybrid_reason.evaluation import hybrid as E
 from hybrid_reason.evaluation import ttt as T
+from hybrid_reason.evaluation import ttt_adapt as A
 from hybrid_reason.evaluation.commands import evaluate_main
 from hybrid_reason.evaluation.suite import load_suite
 from hybrid_reason.tasks import ArcAugmentation, build_task
@@ -115,15 +117,16 @@ def test_adaptation_changes_the_model_then_restores_it_bit_for_bit(task, rows, i
     before, logits = state(model), first_batch_logits(model, task, rows, puzzle_id=0)
     tensors = model.state_dict(keep_vars=True)
     saved = {name: t.detach().clone() for name, t in tensors.items()}
-    with T.adapted(model, batches, s, puzzle_id=0) as result:
-        inside = first_batch_logits(model, task, rows, puzzle_id=result["puzzle_id"])
+    with A.adapted(model, [batches], s, [0]) as result:
+        result.load(0)
+        inside = first_batch_logits(model, task, rows, puzzle_id=result.puzzle_ids[0])
         trained = changed(tensors, saved)
         table_rows = (tensors["puzzle_emb.weight"] != saved["puzzle_emb.weight"]).any(-1).nonzero().flatten().tolist()
         if params == "core-lora":  # the LoRA is in the module tree for this task only
             assert any(".lora_A." in name for name, _ in model.named_parameters())
     assert trained == CHANGED[params] if params != "all" else trained >= CHANGED["all"]
     assert table_rows == ([0] if params in ("id", "all") else [])  # the task's row (ID 0 here), no other
-    assert result["puzzle_id"] == 0 and len(result["losses"]) == s.steps
+    assert result.puzzle_ids == [0] and len(result.losses[0]) == s.steps
     assert not torch.equal(inside, logits)  # the adaptation is real: the task's predictions change
     assert_same_state(before, state(model))
     assert torch.equal(first_batch_logits(model, task, rows, puzzle_id=0), logits)
@@ -135,7 +138,8 @@ def test_adapter_mode_trains_the_resampler_too(task, rows):
     batches, _ = T.training_batches(task, T.leave_one_out_rows(rows[2:4]), s, model.config.halt_max_steps)
     tensors, before = model.state_dict(keep_vars=True), state(model)
     saved = {name: t.detach().clone() for name, t in tensors.items()}
-    with T.adapted(model, batches, s, puzzle_id=None):
+    with A.adapted(model, [batches], s, [None]) as result:
+        result.load(0)
         trained = changed(tensors, saved)
     assert {n.split(".")[0] for n in trained} == {"adapter", "resampler"} and "resampler.queries" in trained
     assert_same_state(before, state(model))
@@ -151,8 +155,70 @@ def test_an_evaluation_with_ttt_leaves_the_model_exactly_as_it_was(task, rows, i
     assert summary["ttt"]["settings"]["params"] == params
 
 
+# ---------------------------------------------------------------------------- tasks adapted together
+def adapted_weights(model, task, rows, s, tasks: list[slice]) -> list[tuple]:
+    """Adapt the tasks of ``rows[tasks[g]]`` together; per task: its losses, trained tensors and logits."""
+    n_sup = model.config.halt_max_steps
+    batches = [T.training_batches(task, T.leave_one_out_rows(rows[t]), s, n_sup)[0] for t in tasks]
+    tensors = model.state_dict(keep_vars=True)
+    saved = {name: t.detach().clone() for name, t in tensors.items()}
+    out = []
+    with A.adapted(model, batches, s, [0] * len(tasks)) as result:
+        for g in range(len(tasks)):
+            result.load(g)
+            weights = {name: tensors[name].detach().clone() for name in changed(tensors, saved)}
+            lora = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
+            logits = first_batch_logits(model, task, rows, puzzle_id=result.puzzle_ids[g])
+            out.append((result.losses[g], weights | lora, logits))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "params"), [("id", p) for p in PARAMS] + [("context", "all")])
+def test_tasks_adapted_together_each_follow_their_own_path(task, rows, id_model, kind, params):
+    model = id_model if kind == "id" else make_model(task, num_context_slots=2)
+    s, before = settings(params, learning_rate=0.01), state(model)  # (``all``: the ID row's rate is 1.0)
+    alone = [adapted_weights(model, task, rows, s, [t])[0] for t in (slice(0, 2), slice(2, 4))]
+    together = adapted_weights(model, task, rows, s, [slice(0, 2), slice(2, 4)])
+    assert_same_state(before, state(model))
+    assert alone[0][1].keys() == together[0][1].keys() and len(alone[0][1]) > 0
+    assert not torch.allclose(alone[0][2], alone[1][2])  # the two tasks really end with different weights
+    for (losses, weights, logits), (g_losses, g_weights, g_logits) in zip(alone, together):
+        np.testing.assert_allclose(g_losses, losses, rtol=1e-5)
+        for name, tensor in weights.items():  # Adam's normalisation amplifies rounding: within 1/10 of a step
+            torch.testing.assert_close(g_weights[name], tensor, rtol=1e-3, atol=0.1 * s.lr, msg=name)
+        torch.testing.assert_close(g_logits, logits, rtol=1e-3, atol=1e-4 * float(logits.abs().max()))
+
+
+def test_an_evaluation_adapting_tasks_together_predicts_as_one_at_a_time(task, rows, id_model):
+    s = settings("all", steps=4, learning_rate=0.01)
+    one = E.evaluate_model(id_model, task, rows, progress=False, augmentations=2, ttt=s)
+    two, again = (
+        E.evaluate_model(id_model, task, rows, progress=False, augmentations=2, ttt=replace(s, task_batch=2))
+        for _ in range(2)
+    )
+    assert traces_of(two) == traces_of(again) and two.ttt.losses == again.ttt.losses  # deterministic
+    assert [t.answers for p in two.traces for t in p] == [t.answers for p in one.traces for t in p]
+    confidences = lambda ev: [c for p in ev.traces for t in p for c in t.confidences]  # noqa: E731
+    np.testing.assert_allclose(confidences(two), confidences(one), atol=1e-6)
+    for task_id, losses in one.ttt.losses.items():
+        np.testing.assert_allclose(two.ttt.losses[task_id], losses, rtol=1e-5)
+    assert two.ttt.seconds.keys() == one.ttt.seconds.keys() and two.summary()["ttt"]["settings"]["task_batch"] == 2
+
+
+def test_only_tasks_whose_batches_have_the_same_sizes_are_adapted_together(task, rows, id_model):
+    s = settings("all", augment=False, batch_size=3)  # un-augmented: 2 and 3 examples per batch
+    batches = [T.training_batches(task, T.leave_one_out_rows(rows[t]), s, 2)[0] for t in (slice(0, 2), slice(2, 4))]
+    assert [len(b[0]) for b in batches] == [2, 3]
+    with pytest.raises(ValueError, match="batches differ in size"):
+        with A.adapted(id_model, batches, s, [0, 0]):
+            pass
+    one = E.evaluate_model(id_model, task, rows, progress=False, ttt=s)
+    two = E.evaluate_model(id_model, task, rows, progress=False, ttt=replace(s, task_batch=2))
+    assert traces_of(two) == traces_of(one) and two.ttt.losses == one.ttt.losses  # two groups of one: exact
+
+
 def test_id_rows_start_from_the_mean_of_the_trained_rows(id_model):
-    row = T._initial_row(id_model.puzzle_emb.weight, 0, settings("id"))
+    row = A._initial_row(id_model.puzzle_emb.weight, 0, "id")
     assert torch.equal(row, id_model.puzzle_emb.weight[1:5].mean(0))
 
 
@@ -264,6 +330,7 @@ def test_id_without_an_id_table_and_ttt_on_a_task_without_demonstrations_are_one
         ({"learning_rate": 0.0}, "learning_rate must be > 0"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"lora_rank": 0}, "lora_rank must be an integer >= 1"),
+        ({"task_batch": 0}, "task_batch must be an integer >= 1"),
     ],
 )
 def test_bad_settings_are_one_line_errors(kw, match):
@@ -286,7 +353,7 @@ def test_the_evaluate_command_records_ttt(task, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ttt"]["settings"] == {
         "steps": 2, "params": "core-lora", "learning_rate": T.DEFAULT_LR["core-lora"], "batch_size": 2,
-        "lora_rank": 2, "augment": True, "seed": 0,
+        "lora_rank": 2, "augment": True, "seed": 0, "task_batch": 1,
     }  # fmt: skip
     assert metrics["ttt"]["adapted_tasks"] == 2 and metrics["ttt_seconds_per_task"] > 0
 
@@ -297,7 +364,7 @@ def test_suite_entries_take_ttt_settings(tmp_path):
     suite.write_text(f"systems:\n  - {{name: plain, recipe: r.yaml}}\n  - {entry}\n")
     plain, adapted = load_suite(str(suite)).systems
     assert T.TTTSettings.of(plain).steps == 0
-    assert T.TTTSettings.of(adapted, seed=3) == T.TTTSettings(16, "adapter", 0.01, 8, 8, True, 3)
+    assert T.TTTSettings.of(adapted, seed=3) == T.TTTSettings(16, "adapter", 0.01, 8, 8, True, 3, 1)
     suite.write_text("systems:\n  - {name: h, recipe: r.yaml, ttt_steps: -1}\n")
     one_line_error(lambda: load_suite(str(suite)), r"systems\[0\]\.ttt_steps: -1 is not")
 
@@ -315,7 +382,7 @@ def test_the_suite_report_lists_ttt_systems_with_their_added_seconds(task, rows)
     plain, adapted = SystemReport("hybrid", **base), SystemReport("hybrid + TTT", **base, ttt=ev.summary()["ttt"])
     assert ttt_table([plain]) == []
     lines = ttt_table([plain, adapted])
-    row = f"| hybrid + TTT | 3 | adapter | 0.05 | 2 | 2 of 2 | {ev.ttt.seconds_per_task():.2f} |"
+    row = f"| hybrid + TTT | 3 | adapter | 0.05 | 2 | 1 | 2 of 2 | {ev.ttt.seconds_per_task():.2f} |"
     assert (
         lines[0] == "## Test-time training"
         and row in lines

@@ -74,6 +74,7 @@ def evaluate(
     ttt_lr: PositiveFloat | None = None,
     ttt_lora_rank: PositiveInt = 8,
     ttt_batch_size: PositiveInt = 8,
+    ttt_task_batch: PositiveInt = 1,
     seed: int = 0,
     device: str | None = None,
     threads: PositiveInt | None = None,
@@ -110,6 +111,8 @@ def evaluate(
         ttt_lr: test-time training's learning rate (default: 1e-4 all, 1e-3 adapter and core-lora, 1e-2 id)
         ttt_lora_rank: the rank of core-lora's adapters
         ttt_batch_size: leave-one-out examples per test-time training step
+        ttt_task_batch: tasks adapted at once, each with its own copy of the weights (one vmapped step
+            for all; memory grows with it; 1 = one task at a time)
         seed: seeds the augmentations and the trajectories' noise
         device: cpu or cuda (default: cuda when visible)
         threads: torch CPU threads (default: torch's)
@@ -138,7 +141,7 @@ def evaluate(
             batch_size=batch_size, seed=seed, progress=progress, trajectory_noise=trajectory_noise,
             vote_weight=vote_weight, ttt=TTTSettings(
                 steps=ttt_steps, params=ttt_params, learning_rate=ttt_lr, lora_rank=ttt_lora_rank,
-                batch_size=ttt_batch_size, seed=seed,
+                batch_size=ttt_batch_size, seed=seed, task_batch=ttt_task_batch,
             ),
         )  # fmt: skip
         if trajectory_curve:

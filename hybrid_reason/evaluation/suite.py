@@ -71,6 +71,7 @@ class HybridEntry:
         ttt_lr: test-time training's learning rate (default: per ttt_params, see docs/evaluation.md)
         ttt_lora_rank: the rank of core-lora's adapters
         ttt_batch_size: leave-one-out examples per test-time training step
+        ttt_task_batch: tasks adapted at once, each with its own copy of the weights
     """
 
     name: str
@@ -92,6 +93,7 @@ class HybridEntry:
     ttt_lr: PositiveFloat | None = None
     ttt_lora_rank: PositiveInt = 8
     ttt_batch_size: PositiveInt = 8
+    ttt_task_batch: PositiveInt = 1
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.recipe is None):

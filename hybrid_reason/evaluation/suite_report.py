@@ -183,11 +183,11 @@ def ttt_table(reports: list) -> list[str]:
         t, s = rs[0].ttt, rs[0].ttt["settings"]
         seconds = statistics.fmean(x.ttt["seconds_per_task"] for x in rs)
         rows.append(f"| {rs[0].name} | {s['steps']} | {s['params']} | {s['learning_rate']:g} | {s['batch_size']} | "
-                    f"{t['adapted_tasks']} of {t['tasks']} | {seconds:.2f} |")  # fmt: skip
+                    f"{s.get('task_batch', 1)} | {t['adapted_tasks']} of {t['tasks']} | {seconds:.2f} |")  # fmt: skip
     if not rows:
         return []
-    head = "| system | steps | params | learning rate | batch | tasks adapted | added s / task |"
-    return ["## Test-time training", "", head, "|---|---:|---|---:|---:|---:|---:|", *rows, "",
+    head = "| system | steps | params | learning rate | batch | tasks at once | tasks adapted | added s / task |"
+    return ["## Test-time training", "", head, "|---|---:|---|---:|---:|---:|---:|---:|", *rows, "",
             "Each task's weights are fine-tuned on its own demonstrations (leave-one-out) before its test "
             "inputs are predicted, then restored; a task with fewer than two demonstrations is not adapted. "
             "Added seconds are per evaluated task, on top of s / puzzle above.", ""]  # fmt: skip

@@ -13,27 +13,26 @@ For every evaluated task (rows grouped by ``task_id``), ``predict_with_ttt``:
 4. restores every changed tensor from saved copies with ``copy_``, removes the LoRA it added and resets
    ``requires_grad`` and ``.grad``: the model after a task is the model before it, bit for bit.
 
+Tasks are adapted ``TTTSettings.task_batch`` at a time, each with its own copy of the weights
+(``ttt_adapt.adapted``: one vmapped step for all of them, their batches encoded in one backbone call);
+a group holds tasks whose batches have the same sizes. Each task is then predicted alone.
+
 ``params``: ``all`` (every trainable weight but a joint-LoRA backbone's adapters; with an ID table, the
 task's own row too, at 100 x the learning rate as TRM trains its table), ``adapter`` (Adapter and
 Resampler), ``core-lora`` (a peft LoRA on the core's Linear layers, for this task only) or ``id`` (a
 task-ID model's new row for the task, trained alone: row 0, the row of unseen tasks, starts from the
-mean of the table's trained rows). Tasks are adapted one at a time. See docs/evaluation.md.
+mean of the table's trained rows). See docs/evaluation.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
-import torch
-from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..errors import HybridReasonError
 from ..tasks.keys import puzzle_key
@@ -41,12 +40,10 @@ from .hybrid import Timing, Views, predict_views
 from .models import model_budget
 from .runtime import progress_bar
 from .scoring import is_arc
+from .ttt_adapt import adapted, task_seed
 
 TTTParams = Literal["all", "adapter", "core-lora", "id"]
 DEFAULT_LR: dict[str, float] = {"all": 1e-4, "adapter": 1e-3, "core-lora": 1e-3, "id": 1e-2}
-BETAS = (0.9, 0.95)  # the project's AdamW stand-in for TRM's optimiser (no weight decay at test time)
-UNSEEN_ID = 0  # the ID-table row of tasks unseen in training: ``id`` mode's row for the task
-ROW_LR_FACTOR = 100.0  # with ``all``, the ID row's learning rate over the weights' (TRM: 1e-2 vs 1e-4)
 
 
 @dataclass(frozen=True)
@@ -61,6 +58,7 @@ class TTTSettings:
         lora_rank: the rank of core-lora's adapters
         augment: render the examples under random training augmentations (else un-augmented)
         seed: seeds the augmentations and the LoRA initialisation
+        task_batch: tasks adapted at once, each with its own copy of the weights (memory grows with it)
     """
 
     steps: int = 0
@@ -70,9 +68,10 @@ class TTTSettings:
     lora_rank: int = 8
     augment: bool = True
     seed: int = 0
+    task_batch: int = 1
 
     def __post_init__(self) -> None:
-        for name, low in (("steps", 0), ("batch_size", 1), ("lora_rank", 1)):
+        for name, low in (("steps", 0), ("batch_size", 1), ("lora_rank", 1), ("task_batch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise HybridReasonError(f"test-time training: {name} must be an integer >= {low}, got {value!r}")
@@ -90,11 +89,12 @@ class TTTSettings:
 
     @classmethod
     def of(cls, entry: Any, seed: int = 0) -> TTTSettings:
-        """The settings of anything with ``ttt_steps``, ``ttt_params``, ``ttt_lr``, ``ttt_lora_rank`` and
-        ``ttt_batch_size`` attributes (a suite entry)."""
+        """The settings of anything with ``ttt_steps``, ``ttt_params``, ``ttt_lr``, ``ttt_lora_rank``,
+        ``ttt_batch_size`` and ``ttt_task_batch`` attributes (a suite entry)."""
         return cls(
             steps=entry.ttt_steps, params=entry.ttt_params, learning_rate=entry.ttt_lr,
             batch_size=entry.ttt_batch_size, lora_rank=entry.ttt_lora_rank, seed=seed,
+            task_batch=entry.ttt_task_batch,
         )  # fmt: skip
 
 
@@ -179,11 +179,6 @@ def leave_one_out_rows(rows: Sequence[dict]) -> list[dict]:
     ]
 
 
-def task_seed(seed: int, task_id: str) -> int:
-    """A 32-bit number fixed by (seed, task id): the same task gets the same examples in any evaluation."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{task_id}".encode(), digest_size=4).digest(), "big")
-
-
 def training_batches(
     task, loo_rows: Sequence[dict], settings: TTTSettings, n_sup: int, budget=None
 ) -> tuple[list[list], int]:
@@ -209,152 +204,22 @@ def training_batches(
     return batches, left_out
 
 
-# ============================================================================ adapting one task
-class _Saved:
-    """Saved copies of the tensors adaptation may change, with each parameter's ``requires_grad`` and
-    ``.grad``; ``restore`` writes them back with ``copy_``."""
-
-    def __init__(self, model: nn.Module, tensors: Sequence[Tensor]):
-        self.copies = [(t, t.detach().clone()) for t in tensors]
-        self.flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Write every saved tensor back, bit for bit, and the parameters' flags and gradients."""
-        for tensor, saved in self.copies:
-            tensor.copy_(saved)
-        for p, requires_grad, grad in self.flags:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-
-
-def _selected(model, params: str) -> list[nn.Parameter]:
-    """The model's parameters that ``params`` trains densely: ``adapter`` its Adapter (and Resampler),
-    ``all`` every one but a joint-LoRA backbone's adapters (the features are encoded once), else none."""
-    if params in ("id", "core-lora"):
-        return []
-    if params == "adapter":
-        modules = [model.adapter] + ([model.resampler] if model.resampler is not None else [])
-        return [p for m in modules for p in m.parameters()]
-    frozen = set() if model.backbone_lora is None else {id(p) for p in model.backbone_lora.parameters()}
-    return [p for p in model.parameters() if id(p) not in frozen]
-
-
-@contextmanager
-def _core_lora(model, rank: int, seed: int) -> Iterator[list[nn.Parameter]]:
-    """A peft LoRA of ``rank`` on every Linear of the core (initialised under ``seed``, the global RNG
-    untouched), yielding its parameters; afterwards each wrapped Linear is put back in its parent and
-    peft's ``peft_config`` attribute removed, so the module tree is the one before."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    core = model.core
-    targets = [name for name, m in core.named_modules() if isinstance(m, nn.Linear)]
-    had_config = "peft_config" in vars(core)
-    device = next(core.parameters()).device
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), core)
-        core.to(device)
-        yield [p for name, p in core.named_parameters() if ".lora_" in name]
-    finally:
-        for name in targets:
-            parent, _, leaf = name.rpartition(".")
-            owner = core.get_submodule(parent) if parent else core
-            wrapped = getattr(owner, leaf)
-            if hasattr(wrapped, "base_layer"):
-                setattr(owner, leaf, wrapped.base_layer)
-        if not had_config:
-            vars(core).pop("peft_config", None)
-
-
-@contextmanager
-def adapted(model, batches: Sequence[list], settings: TTTSettings, puzzle_id: int | None) -> Iterator[dict]:
-    """Fine-tune ``model`` on ``batches`` (``training_batches``) for ``settings.steps`` steps, yield
-    ``{"puzzle_id": ID to predict with, "losses": [loss per step]}``, then restore the model exactly.
-
-    ``puzzle_id``: the ID the task's rows have (None for a model without an ID table). With ``id`` the
-    task predicts with ID 0, set to the trained new row; with ``all`` the task's own row trains too.
-    """
-    table = model.puzzle_emb
-    row_id = UNSEEN_ID if settings.params == "id" else puzzle_id if settings.params == "all" else None
-    row = None if table is None or row_id is None else nn.Parameter(_initial_row(table.weight, row_id, settings))
-    dense = _selected(model, settings.params)
-    with ExitStack() as stack:
-        stack.callback(_Saved(model, dense + ([table.weight] if row is not None else [])).restore)  # runs last
-        if settings.params == "core-lora":
-            dense = stack.enter_context(_core_lora(model, settings.lora_rank, task_seed(settings.seed, "lora")))
-        pid = row_id if row is not None else puzzle_id
-        losses = _train(model, batches, dense, settings, pid, row)
-        if row is not None:
-            with torch.no_grad():
-                table.weight[row_id].copy_(row)
-        yield {"puzzle_id": pid, "losses": losses}
-
-
-def _initial_row(weight: Tensor, row_id: int, settings: TTTSettings) -> Tensor:
-    """The row a task starts from: with ``id`` the mean of the table's trained (non-zero) rows (zeros if
-    none is), else the task's own row."""
-    weight = weight.detach()
-    if settings.params != "id":
-        return weight[row_id].clone()
-    trained = weight[weight.ne(0).any(-1)]
-    return trained.mean(0) if len(trained) else torch.zeros_like(weight[0])
-
-
-def _train(model, batches: Sequence[list], dense: list[Tensor], settings: TTTSettings, puzzle_id, row) -> list[float]:
-    """K optimizer steps of deep supervision: each batch keeps its carry for N_sup steps, then the next
-    starts fresh. Returns the loss of each step."""
-    row_lr = settings.lr * (ROW_LR_FACTOR if dense else 1.0)
-    groups = [{"params": dense}] + ([{"params": [row], "lr": row_lr}] if row is not None else [])
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, betas=BETAS, weight_decay=0.0)
-    trained = [p for g in optimizer.param_groups for p in g["params"]]
-    n_sup, losses = model.config.halt_max_steps, []
-    with torch.enable_grad():
-        for step in range(settings.steps):
-            batch = batches[step // n_sup]
-            if not batch:
-                continue
-            if step % n_sup == 0:
-                encoded, labels, ids = _encode(model, batch, puzzle_id)
-                carry = None
-            out = _forward(model, encoded, labels, carry, ids, row)
-            for p, g in zip(trained, torch.autograd.grad(out.loss, trained, allow_unused=True)):
-                p.grad = g
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            carry = out.carry
-            losses.append(float(out.loss.detach()))
-    return losses
-
-
-def _encode(model, batch: list, puzzle_id: int | None):
-    """A batch's frozen-backbone features, labels and puzzle IDs (encoded once, reused for N_sup steps)."""
-    with torch.no_grad():
-        encoded = model.encode(
-            [ex.text for ex in batch], [ex.slot_spans for ex in batch], [ex.meta["id"] for ex in batch]
-        )
-    labels = torch.tensor([ex.labels for ex in batch], dtype=torch.long, device=model.device)
-    ids = None if puzzle_id is None else torch.full((len(batch),), puzzle_id, dtype=torch.long, device=model.device)
-    return encoded, labels, ids
-
-
-def _forward(model, encoded, labels: Tensor, carry, ids: Tensor | None, row: Tensor | None):
-    """One supervision step with the loss; with a trained ID ``row``, the table seen by this call has it in
-    place of row ``ids[0]`` (``functional_call``: the stored table is untouched, the gradient reaches ``row``)."""
-    kwargs = {"encoded": encoded, "labels": labels, "carry": carry, "puzzle_ids": ids}
-    if row is None:
-        return model(**kwargs)
-    weight = model.puzzle_emb.weight.detach().clone()
-    weight[int(ids[0])] = row
-    return functional_call(model, {"puzzle_emb.weight": weight}, (), kwargs)
-
-
 # ============================================================================ evaluating task by task
 def task_groups(rows: Sequence[dict]) -> list[list[int]]:
     """Row indices grouped by task (``puzzle_key``: the ARC task id), in order of first appearance."""
     keys = [puzzle_key(rows[p]) for p in range(len(rows))]
     return [[p for p, k in enumerate(keys) if k == key] for key in dict.fromkeys(keys)]
+
+
+@dataclass
+class _Pending:
+    """A task waiting for its group: where its views are, its ID, its batches and their render seconds."""
+
+    task_id: str
+    idx: list[int]
+    puzzle_id: int | None
+    batches: list[list]
+    seconds: float
 
 
 def predict_with_ttt(
@@ -370,34 +235,52 @@ def predict_with_ttt(
     **options: Any,
 ) -> tuple[list, list[int], Timing, TTTReport]:
     """``predict_views`` (with ``options``: trajectories, ...) task by task, each task's views predicted
-    by the model adapted to that task (see the module docstring). Returns what ``predict_views`` returns,
-    in the same order (its Timing without the adaptation), and the TTTReport (adaptation seconds)."""
+    by the model adapted to that task (see the module docstring), ``settings.task_batch`` tasks adapted
+    at once. Returns what ``predict_views`` returns, in the same order (its Timing without the
+    adaptation), and the TTTReport (adaptation seconds: a group's shared equally by its tasks)."""
     check_ttt(model, task, settings)
     budget, n_sup = model_budget(model), model.config.halt_max_steps
     traces: dict[int, list] = {}
     tokens, timing, report = [0] * len(views.examples), Timing(steps=[0.0] * steps), TTTReport(settings)
     by_puzzle = views.by_puzzle(len(rows))
-    groups = task_groups(rows)
+    groups, waiting = task_groups(rows), {}
     bar, bar_task = progress_bar("test-time training", len(groups), progress)
+
+    def predict(idx: list[int], puzzle_id: int | None) -> float:
+        """Predict views ``idx`` with the model as it is, put them in place; returns the seconds taken."""
+        start = time.perf_counter()
+        _place(_predict(model, task, views, idx, puzzle_id, steps, batch_size, options), idx, traces, tokens, timing)
+        bar.update(bar_task, advance=1)
+        return time.perf_counter() - start
+
+    def adapt_and_predict(group: list[_Pending]) -> None:
+        """Adapt ``group``'s tasks together, then predict each with its own weights."""
+        start, predicting = time.perf_counter(), 0.0
+        with adapted(model, [t.batches for t in group], settings, [t.puzzle_id for t in group]) as result:
+            for g, pending in enumerate(group):
+                result.load(g)
+                predicting += predict(pending.idx, result.puzzle_ids[g])
+                report.losses[pending.task_id] = result.losses[g]
+        shared = (time.perf_counter() - start - predicting) / len(group)
+        report.seconds.update({t.task_id: t.seconds + shared for t in group})
+
     with bar:
         for group in groups:
+            start = time.perf_counter()
             task_rows, idx = [rows[p] for p in group], [j for p in group for j in by_puzzle[p]]
-            task_id, ids = str(task_rows[0]["task_id"]), None if puzzle_ids is None else puzzle_ids[idx[0]]
-            t0 = time.perf_counter()
+            task_id, pid = str(task_rows[0]["task_id"]), None if puzzle_ids is None else puzzle_ids[idx[0]]
             batches, left_out = training_batches(task, leave_one_out_rows(task_rows), settings, n_sup, budget)
             report.tasks, report.examples_over_budget = report.tasks + 1, report.examples_over_budget + left_out
             if settings.steps == 0 or not any(batches):
                 report.skipped += [task_id] if settings.steps else []
-                part = _predict(model, task, views, idx, ids, steps, batch_size, options)
-            else:
-                with adapted(model, batches, settings, ids) as result:
-                    t1 = time.perf_counter()
-                    part = _predict(model, task, views, idx, result["puzzle_id"], steps, batch_size, options)
-                    t2 = time.perf_counter()
-                report.seconds[task_id] = time.perf_counter() - t0 - (t2 - t1)
-                report.losses[task_id] = result["losses"]
-            _place(part, idx, traces, tokens, timing)
-            bar.update(bar_task, advance=1)
+                predict(idx, pid)
+                continue
+            sizes = tuple(map(len, batches))  # tasks adapted together have batches of the same sizes
+            waiting.setdefault(sizes, []).append(_Pending(task_id, idx, pid, batches, time.perf_counter() - start))
+            if len(waiting[sizes]) == settings.task_batch:
+                adapt_and_predict(waiting.pop(sizes))
+        for group in waiting.values():
+            adapt_and_predict(group)
     return [t for j in range(len(views.examples)) for t in traces[j]], tokens, timing, report
 
 
@@ -419,5 +302,5 @@ def _place(part, idx: list[int], traces: dict[int, list], tokens: list[int], tim
     timing.steps = [a + b for a, b in zip(timing.steps, part_timing.steps)]
 
 
-__all__ = ["DEFAULT_LR", "TTTParams", "TTTReport", "TTTSettings", "adapted", "check_ttt", "leave_one_out_rows"]
+__all__ = ["DEFAULT_LR", "TTTParams", "TTTReport", "TTTSettings", "check_ttt", "leave_one_out_rows"]
 __all__ += ["predict_with_ttt", "task_demonstrations", "task_groups", "training_batches"]

@@ -84,6 +84,9 @@ class Resampler(nn.Module):
 
     def forward(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
         kv = rms_norm(tokens.to(self.queries.dtype), self.eps)
+        # laid out sequence-first in memory, as the attention reads it: the same values, and under
+        # vmap (tasks adapted together) its key/value projections stay batched matmuls, not one per token
+        kv = kv.transpose(0, 1).contiguous().transpose(0, 1)
         q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         out, _ = self.attn(q, kv, kv, key_padding_mask=~token_mask, need_weights=False)
         return rms_norm(q + out, self.eps)
